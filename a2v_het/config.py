@@ -1,0 +1,197 @@
+"""Typed configs: frozen dataclass defaults, YAML recipes holding overrides only, ``key=value`` on the command line.
+
+A recipe is a YAML mapping whose keys mirror the dataclass tree (``frontend.heterodyne.num_bands``). Anything a
+recipe does not name keeps its dataclass default, so recipes stay short and a default changes in one place.
+An unknown key is an error that names its dotted path and the nearest valid key, because a silently ignored typo
+(``lamda_energy``) costs a cluster run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config tree."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, path: str) -> Any:
+    """Check/convert a YAML value to the annotated type; ints are accepted for floats, lists for tuples."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}: null is not allowed here (expected {getattr(tp, '__name__', tp)})")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _merge(tp(), value, path)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if typing.get_origin(tp) is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{path}: {value!r} is not one of {list(allowed)}{hint}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _merge(base: T, overrides: dict[str, Any], prefix: str = "") -> T:
+    """Return ``base`` with ``overrides`` (a nested mapping) applied; unknown keys raise with the nearest name."""
+    types_ = _field_types(type(base))
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if key not in types_:
+            near = difflib.get_close_matches(str(key), list(types_), n=1, cutoff=0.5)
+            hint = f"; did you mean {prefix}{near[0]!r}?" if near else f"; valid keys: {sorted(types_)}"
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+        current = getattr(base, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = _merge(current, value, f"{path}.")
+        else:
+            changes[key] = _coerce(value, types_[key], path)
+    merged = dataclasses.replace(base, **changes)
+    validate = getattr(merged, "validate", None)
+    if callable(validate):
+        validate()
+    return merged
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=[8000, 16000]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key part")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override of {part!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() != "" else ""
+    return tree
+
+
+def _deep_update(dst: dict, src: dict) -> dict:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+    return dst
+
+
+def load_config(cls: type[T], recipe: str | os.PathLike | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``cls``, then the recipe's YAML overrides, then ``key=value`` overrides."""
+    tree: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ConfigError(f"recipe {str(path)!r} does not exist")
+        with open(path, encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping, got {type(loaded).__name__}")
+        tree = loaded
+    if overrides:
+        tree = _deep_update(tree, parse_overrides(overrides))
+    return _merge(cls(), tree)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    def convert(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: convert(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [convert(x) for x in v]
+        return v
+
+    return convert(cfg)
+
+
+def config_from_dict(cls: type[T], tree: dict[str, Any]) -> T:
+    """Rebuild a config saved by :func:`save_config` (the full tree, so every key must still exist)."""
+    return _merge(cls(), tree)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

@@ -1,0 +1,108 @@
+"""HeterodyneFrontend: the learnable frontend that replaces the conv feature extractor.
+
+recording (B, T) at any rates -> grid spectrogram -> hypernetwork picks K bands -> heterodyne each band to W Hz
+-> projection to (B, N, D) tokens at ``token_rate``, N = duration * token_rate at every input sample rate.
+The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
+from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
+from a2v_het.frontend.config import FrontendConfig
+from a2v_het.frontend.coverage_losses import (
+    captured_fractions,
+    energy_variance_loss,
+    surprise_loss,
+    variance_distribution,
+)
+from a2v_het.frontend.heterodyne import heterodyne_bands, valid_output_samples
+from a2v_het.frontend.hypernetwork import BandPicker
+from a2v_het.frontend.projection import BandProjection
+from a2v_het.frontend.spectrum import GridPowerStats, frequency_grid, grid_power_statistics
+
+
+@dataclass
+class BandAnalysis:
+    """What the hypernetwork saw and chose, on the absolute grid (all fp32)."""
+
+    band_start_hz: Tensor  # (B, K) Hz
+    stats: GridPowerStats  # mean power, sigma^2(f) = Var_t P(f, t), Nyquist mask, all (B, G)
+    mask: Tensor  # (B, G) soft-OR M(f)
+
+    @property
+    def variance(self) -> Tensor:
+        return self.stats.variance
+
+    @property
+    def freqs_hz(self) -> Tensor:
+        return self.stats.freqs_hz
+
+
+class HeterodyneFrontend(Frontend):
+    def __init__(self, cfg: FrontendConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        h = cfg.heterodyne
+        h.validate()
+        self.h = h
+        self.dim = cfg.dim
+        self.grid_hz = 1.0 / h.stft_window_s
+        self.n_grid = frequency_grid(h.max_sample_rate, self.grid_hz)
+        self.picker = BandPicker(h, self.grid_hz)
+        self.samples_per_token = int(round(h.band_width_hz / cfg.token_rate))
+        self.projection = BandProjection(h.num_bands, h.band_width_hz, cfg.token_rate, h.conv_channels, cfg.dim,
+                                         h.band_embedding_dim, h.max_sample_rate / 2)
+
+    def num_tokens(self, duration_s: float, sample_rate: int) -> int:
+        return int(math.ceil(duration_s * self.cfg.token_rate - 1e-9))
+
+    def _check_rates(self, sample_rate: Tensor) -> None:
+        too_high = sample_rate > self.h.max_sample_rate
+        if too_high.any():
+            raise ValueError(f"sample rates {sample_rate[too_high].unique().tolist()} Hz exceed "
+                             f"frontend.heterodyne.max_sample_rate={self.h.max_sample_rate}; raise it in the recipe")
+
+    def analyze(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> BandAnalysis:
+        """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning)."""
+        sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
+        self._check_rates(sample_rate)
+        stats = grid_power_statistics(wave, sample_rate, lengths, self.h.stft_window_s, self.h.stft_hop_s,
+                                      self.n_grid, self.grid_hz)
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            p = variance_distribution(stats.variance, stats.freq_valid)
+            band_start = self.picker(stats.mean_power, p, stats.freq_valid, sample_rate)
+            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, self.h.band_width_hz, self.h.cauchy_width_hz))
+        return BandAnalysis(band_start, stats, mask)
+
+    def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        fv = a.stats.freq_valid
+        with torch.autocast(device_type=a.mask.device.type, enabled=False):
+            energy = energy_variance_loss(a.variance, a.mask, fv).mean()
+            surprise = surprise_loss(a.variance, a.mask, fv).mean()
+            var_frac, s_frac = captured_fractions(a.variance.detach(), a.mask.detach(), fv)
+        stats = {"captured_variance": var_frac.mean(), "captured_surprise": s_frac.mean()}
+        return {"energy": energy, "surprise": surprise}, stats
+
+    def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> FrontendOutput:
+        sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
+        a = self.analyze(wave, sample_rate, lengths)
+        aux, stats = self.coverage_losses(a)
+        durations = lengths.double() / sample_rate.double()
+        n_tokens = self.num_tokens(float(durations.max()), 0)
+        n_out = n_tokens * self.samples_per_token
+        grad_to_bands = self.h.band_grad_from_ssl
+        bands_used = a.band_start_hz if grad_to_bands else a.band_start_hz.detach()
+        bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, self.h.band_width_hz, n_out,
+                                 mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands)
+        tokens = self.projection(bands.to(wave.dtype) if wave.dtype != torch.float32 else bands, bands_used)
+        valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)
+        padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
+        return FrontendOutput(tokens, padding_mask, a.band_start_hz, aux, stats)

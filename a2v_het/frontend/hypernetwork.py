@@ -1,0 +1,117 @@
+"""The hypernetwork: picks K band start frequencies per clip from a summary of the clip on an absolute-Hz grid.
+
+Design for generalisation across sample rates. The summary (log mean power, log temporal variance, the variance
+a band starting at each bin would capture, validity masks) lives on one fixed grid from 0 Hz to the Nyquist of
+the highest supported rate; bins above the clip's own Nyquist are masked and the mask is an input channel. The
+picker is a stack of dilated convolutions along frequency (translation-equivariant: a call at 30 kHz looks to it
+like a call at 3 kHz), followed per band by a *local* soft-argmax: arg-max first, then a softmax-weighted mean of
+the start frequencies within +-window of it. The result is differentiable and can never land between two distant
+peaks, as a global soft-argmax would. Bands are picked one after another; after each pick the variance it
+captures (through its soft Cauchy mask) is removed from the evidence, so the next band looks for what is left.
+The conv body runs once per clip; only a small conv head sees the changing evidence (the variance each start
+would still capture, and what is already covered), so K bands cost little more than one.
+
+Each start is a convex combination of grid frequencies inside [f_min, nyquist - W] of its clip, so the constraint
+holds by construction: an 8 kHz clip never gets a band above 4 kHz.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from a2v_het.frontend.band_masks import cauchy_band_masks
+from a2v_het.frontend.config import HeterodyneConfig
+
+N_FEATURES = 4  # log power, log variance, Nyquist mask, valid-start mask
+N_EVIDENCE = 2  # log capturable residual variance, covered so far
+
+
+def band_capture(values: Tensor, band_bins: int) -> Tensor:
+    """(B, G) -> (B, G): sum of ``values`` over [g, g + band_bins] for every start bin g (box filter by cumsum)."""
+    c = torch.nn.functional.pad(values.cumsum(-1), (1, 0))
+    g = values.shape[-1]
+    hi = (torch.arange(g, device=values.device) + band_bins + 1).clamp(max=g)
+    return c[:, hi] - c[:, :g]
+
+
+def valid_starts(freqs_hz: Tensor, sample_rate: Tensor, cfg: HeterodyneConfig) -> Tensor:
+    """(B, G) bool: f_min <= f <= nyquist - W for each clip."""
+    nyq = sample_rate.float()[:, None] / 2
+    return (freqs_hz[None, :] >= cfg.band_min_hz) & (freqs_hz[None, :] <= nyq - cfg.band_width_hz + 1e-6)
+
+
+class BandPicker(nn.Module):
+    def __init__(self, cfg: HeterodyneConfig, grid_hz: float):
+        super().__init__()
+        self.cfg = cfg
+        self.grid_hz = grid_hz
+        self.band_bins = int(round(cfg.band_width_hz / grid_hz))
+        self.window_bins = max(1, int(round(cfg.picker_window_hz / grid_hz)))
+        layers: list[nn.Module] = []
+        ch_in = N_FEATURES
+        for i in range(cfg.picker_layers):
+            dil = 2**i
+            layers += [nn.Conv1d(ch_in, cfg.picker_channels, cfg.picker_kernel, padding=dil * (cfg.picker_kernel // 2),
+                                 dilation=dil), nn.GELU()]
+            ch_in = cfg.picker_channels
+        self.body = nn.Sequential(*layers)
+        # Pointwise: the body already gives every bin its neighbourhood, and the head runs K times.
+        self.head = nn.Sequential(
+            nn.Conv1d(cfg.picker_channels + N_EVIDENCE, cfg.picker_channels, 1), nn.GELU(),
+            nn.Conv1d(cfg.picker_channels, 1, 1),
+        )
+
+    def forward(self, mean_power: Tensor, variance_dist: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
+        """Pick the bands.
+
+        Args:
+            mean_power: (B, G) mean power per grid bin.
+            variance_dist: (B, G) temporal variance normalised to sum 1 over valid bins (p(f) of the losses).
+            freq_valid: (B, G) bool, bin at or below the clip's Nyquist.
+            sample_rate: (B,) Hz.
+        Returns: (B, K) band starts in Hz inside [f_min, nyquist - W] of each clip.
+        """
+        cfg = self.cfg
+        b, g = mean_power.shape
+        freqs = torch.arange(g, device=mean_power.device, dtype=torch.float32) * self.grid_hz
+        start_valid = valid_starts(freqs, sample_rate, cfg)
+        if not start_valid.any(-1).all():
+            bad = sample_rate[~start_valid.any(-1)].tolist()
+            raise ValueError(f"sample rates {bad} Hz are too low for one band of {cfg.band_width_hz:g} Hz starting at "
+                             f">= {cfg.band_min_hz:g} Hz (need >= {cfg.min_sample_rate:g} Hz)")
+        fv = freq_valid.float()
+        sv = start_valid.float()
+        # Log power relative to the clip's mean over its valid bins: gain- and rate-invariant.
+        ref = (mean_power * fv).sum(-1, keepdim=True) / fv.sum(-1, keepdim=True).clamp(min=1.0)
+        log_power = torch.log(mean_power / (ref + 1e-12) + 1e-6) * fv
+        log_var = torch.log(variance_dist + 1e-6) * fv
+        h = self.body(torch.stack([log_power, log_var, fv, sv], dim=1))  # (B, C, G)
+
+        residual = variance_dist
+        covered = torch.zeros_like(mean_power)
+        offsets = torch.arange(-self.window_bins, self.window_bins + 1, device=mean_power.device)
+        starts = []
+        for _ in range(cfg.num_bands):
+            log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6) * sv
+            evidence = torch.stack([log_capture, covered], dim=1)
+            logits = self.head(torch.cat([h, evidence], dim=1)).squeeze(1)
+            logits = logits.masked_fill(~start_valid, float("-inf"))
+            centre = logits.detach().argmax(-1)  # (B,)
+            win = (centre[:, None] + offsets).clamp(0, g - 1)  # (B, 2w+1)
+            win_logits = torch.gather(logits, 1, win)
+            # Duplicate indices from clamping at the grid edges carry -inf so they are counted once.
+            dup = torch.zeros_like(win, dtype=torch.bool)
+            dup[:, 1:] = win[:, 1:] == win[:, :-1]
+            win_logits = win_logits.masked_fill(dup, float("-inf"))
+            weights = torch.softmax(win_logits, dim=-1)
+            f_k = (weights * freqs[win]).sum(-1)
+            starts.append(f_k)
+            m_k = cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
+            residual = residual * (1.0 - m_k)
+            covered = 1.0 - (1.0 - covered) * (1.0 - m_k)
+        f = torch.stack(starts, dim=1)
+        # Guards against float round-off only; the convex combination already lies in the valid range.
+        lo = torch.full_like(f, cfg.band_min_hz)
+        hi = (sample_rate.float()[:, None] / 2 - cfg.band_width_hz).expand_as(f)
+        return torch.maximum(torch.minimum(f, hi), lo)

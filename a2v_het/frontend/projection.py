@@ -1,0 +1,83 @@
+"""The projecting module: 2K band channels at W Hz -> tokens of width D at the token rate.
+
+Each band's [I, Q] pair goes through the same strided conv stack (bands are a batch dimension, so the weights do
+not care which slot a band sits in), reaching the token rate. Every band's features are then shifted by an
+embedding of where the band sits (f_k in Hz, as sinusoids on a log-spaced set of scales): without it, a call at
+2 kHz and one at 20 kHz would look identical to the encoder after mixing down. Finally the K band feature vectors
+of each token are concatenated and projected to D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def factor_strides(ratio: int) -> list[int]:
+    """Split a down-sampling ratio into conv strides from {5, 4, 3, 2} (largest first); 1 -> []."""
+    strides, r = [], ratio
+    for s in (5, 4, 3, 2):
+        while r % s == 0 and r > 1:
+            strides.append(s)
+            r //= s
+    if r != 1:
+        strides.append(r)  # a prime factor > 5: one conv with that stride
+    return strides
+
+
+def frequency_embedding(freq_hz: Tensor, dim: int, max_hz: float) -> Tensor:
+    """(...,) Hz -> (..., dim) sinusoids of f / max_hz at scales 2^0 .. 2^(dim/2 - 1)."""
+    half = dim // 2
+    scales = (2.0 ** torch.arange(half, device=freq_hz.device, dtype=torch.float32)) * math.pi
+    x = (freq_hz.float() / max_hz)[..., None] * scales
+    return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+
+
+class SameStrideConv(nn.Module):
+    """Conv1d with kernel 2*stride whose output has exactly L / stride samples (L a multiple of stride)."""
+
+    def __init__(self, ch_in: int, ch_out: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.kernel = 2 * stride
+        self.conv = nn.Conv1d(ch_in, ch_out, self.kernel, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        extra = self.kernel - self.stride
+        return self.conv(nn.functional.pad(x, (extra // 2, extra - extra // 2)))
+
+
+class BandProjection(nn.Module):
+    def __init__(self, num_bands: int, band_rate_hz: float, token_rate: float, channels: int, dim: int,
+                 band_embedding_dim: int, max_hz: float):
+        super().__init__()
+        ratio = band_rate_hz / token_rate
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise ValueError(f"band rate {band_rate_hz} Hz is not a whole multiple of the token rate {token_rate} Hz")
+        self.strides = factor_strides(int(round(ratio)))
+        self.max_hz = max_hz
+        self.band_embedding_dim = band_embedding_dim
+        convs: list[nn.Module] = []
+        ch = 2
+        for i, s in enumerate(self.strides or [1]):
+            convs.append(SameStrideConv(ch, channels, s))
+            # Group norm over time on the first layer (as wav2vec 2.0): removes each band's gain.
+            convs.append(nn.GroupNorm(channels, channels) if i == 0 else nn.Identity())
+            convs.append(nn.GELU())
+            ch = channels
+        self.convs = nn.Sequential(*convs)
+        self.band_embed = nn.Linear(band_embedding_dim, channels)
+        self.out = nn.Linear(num_bands * channels, dim)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, bands: Tensor, band_start_hz: Tensor) -> Tensor:
+        """bands (B, K, 2, L) at the band rate, band_start_hz (B, K) -> tokens (B, L / prod(strides), D)."""
+        b, k, _, length = bands.shape
+        h = self.convs(bands.reshape(b * k, 2, length))  # (B*K, C, N)
+        h = h.reshape(b, k, h.shape[1], h.shape[2])
+        emb = self.band_embed(frequency_embedding(band_start_hz, self.band_embedding_dim, self.max_hz))  # (B, K, C)
+        h = h + emb[..., None]
+        h = h.permute(0, 3, 1, 2).reshape(b, h.shape[3], k * h.shape[2])  # (B, N, K*C)
+        return self.norm(self.out(h))

@@ -1,0 +1,190 @@
+"""Power spectrograms of mixed-rate batches on one absolute-frequency grid.
+
+The STFT window and hop are given in seconds, so the bin spacing (1 / window Hz) and the frame rate are the same at
+every sample rate: an 8 kHz clip and a 96 kHz clip land on the same grid, the 8 kHz one simply has no bins above
+4 kHz (``freq_valid`` is False there). Everything here runs in fp32 with autocast off, because variances of power
+overflow and lose all precision in bf16/fp16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class GridSpectrogram:
+    power: Tensor
+    """(B, G, F) fp32 power |X|^2 / (sum w)^2, zero at invalid bins/frames (a tone of amplitude A peaks at A^2/4)."""
+    freq_valid: Tensor
+    """(B, G) bool: grid bin lies at or below the clip's Nyquist."""
+    frame_valid: Tensor
+    """(B, F) bool: the frame's window lies wholly inside the clip."""
+    grid_hz: float
+    """Spacing of the grid in Hz; bin g is at g * grid_hz."""
+
+    @property
+    def freqs_hz(self) -> Tensor:
+        return torch.arange(self.power.shape[1], device=self.power.device, dtype=torch.float32) * self.grid_hz
+
+
+def temporal_variance(power: Tensor, frame_valid: Tensor) -> Tensor:
+    """sigma^2(f) = Var_t P(f, t) over the valid frames (population variance).
+
+    Args:
+        power: (B, G, F) power.
+        frame_valid: (B, F) bool.
+    Returns: (B, G) fp32, zero for clips without a valid frame.
+    """
+    power = power.float()
+    w = frame_valid.float()[:, None, :]
+    n = w.sum(-1).clamp(min=1.0)
+    mean = (power * w).sum(-1) / n
+    # Two-pass variance: subtracting the mean first keeps precision when a loud static hum sits under a call.
+    return (((power - mean[..., None]) * w) ** 2).sum(-1) / n
+
+
+def mean_power(power: Tensor, frame_valid: Tensor) -> Tensor:
+    """(B, G): mean over valid frames of P(f, t)."""
+    w = frame_valid.float()[:, None, :]
+    return (power.float() * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+
+
+def frequency_grid(max_sample_rate: float, grid_hz: float) -> int:
+    """Number of grid bins from 0 Hz to the Nyquist of ``max_sample_rate`` inclusive."""
+    return int(round(max_sample_rate / 2 / grid_hz)) + 1
+
+
+def _interp_onto_grid(power: Tensor, sample_rate: int, n_fft: int, n_grid: int, grid_hz: float) -> Tensor:
+    """Linear interpolation of (b, n_fft//2+1, F) STFT bins at k*sr/n_fft Hz onto (b, n_grid, F) at g*grid_hz Hz."""
+    bin_hz = sample_rate / n_fft
+    n_bins = power.shape[1]
+    if abs(bin_hz - grid_hz) < 1e-9 * grid_hz:
+        out = power.new_zeros(power.shape[0], n_grid, power.shape[2])
+        n = min(n_bins, n_grid)
+        out[:, :n] = power[:, :n]
+        return out
+    pos = torch.arange(n_grid, device=power.device, dtype=torch.float64) * (grid_hz / bin_hz)
+    lo = pos.floor().long()
+    frac = (pos - lo).to(power.dtype)
+    inside = lo <= n_bins - 1
+    lo_c = lo.clamp(max=n_bins - 1)
+    hi_c = (lo + 1).clamp(max=n_bins - 1)
+    out = power[:, lo_c] * (1 - frac)[None, :, None] + power[:, hi_c] * frac[None, :, None]
+    return out * inside.to(power.dtype)[None, :, None]
+
+
+def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, window_s: float, hop_s: float):
+    """Yield (idx, power (b, n_fft//2+1, F_r), frame_valid (b, F_r), sr, n_fft) for each distinct rate, fp32."""
+    device = wave.device
+    for sr in sample_rate.unique().tolist():
+        idx = (sample_rate == sr).nonzero().flatten()
+        n_fft = max(4, int(round(window_s * sr)))
+        hop = max(1, int(round(hop_s * sr)))
+        lens = lengths[idx]
+        t_max = max(int(lens.max().item()), n_fft)
+        x = wave[idx, : min(t_max, wave.shape[1])].float()
+        if x.shape[1] < t_max:
+            x = torch.nn.functional.pad(x, (0, t_max - x.shape[1]))
+        window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
+        spec = torch.stft(x, n_fft, hop_length=hop, win_length=n_fft, window=window, center=False,
+                          return_complex=True)
+        power = (spec.real.square() + spec.imag.square()) / window.sum().square()
+        starts = torch.arange(power.shape[2], device=device) * hop
+        frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
+        yield idx, power, frame_valid, int(sr), n_fft
+
+
+def _freq_valid(sample_rate: Tensor, n_grid: int, grid_hz: float) -> Tensor:
+    freqs = torch.arange(n_grid, device=sample_rate.device, dtype=torch.float32) * grid_hz
+    return freqs[None, :] <= (sample_rate[:, None].float() / 2 + 1e-6)
+
+
+def grid_power_spectrogram(
+    wave: Tensor,
+    sample_rate: Tensor,
+    lengths: Tensor,
+    window_s: float,
+    hop_s: float,
+    n_grid: int,
+    grid_hz: float | None = None,
+) -> GridSpectrogram:
+    """STFT power of every clip on the absolute grid.
+
+    Args:
+        wave: (B, T) float, zero-padded after ``lengths[b]`` samples.
+        sample_rate: (B,) int Hz, may differ per clip.
+        lengths: (B,) valid samples per clip.
+        window_s, hop_s: Hann window and hop in seconds (rounded to whole samples per rate).
+        n_grid: number of grid bins G (see :func:`frequency_grid`).
+        grid_hz: grid spacing; default 1 / window_s, where the STFT bins fall exactly on the grid.
+    Returns: :class:`GridSpectrogram` with power (B, G, F), F = frames of the longest clip.
+    """
+    grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
+    device = wave.device
+    with torch.autocast(device_type=device.type, enabled=False):
+        groups = []
+        for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
+            groups.append((idx, _interp_onto_grid(power, sr, n_fft, n_grid, grid_hz), fvalid))
+        n_frames = max(g[1].shape[2] for g in groups)
+        power_all = torch.zeros(wave.shape[0], n_grid, n_frames, device=device)
+        frame_valid = torch.zeros(wave.shape[0], n_frames, dtype=torch.bool, device=device)
+        for idx, power, fvalid in groups:
+            power_all[idx, :, : power.shape[2]] = power
+            frame_valid[idx, : fvalid.shape[1]] = fvalid
+        freq_valid = _freq_valid(sample_rate, n_grid, grid_hz)
+        power_all = power_all * freq_valid[:, :, None] * frame_valid[:, None, :]
+    return GridSpectrogram(power_all, freq_valid, frame_valid, grid_hz)
+
+
+@dataclass
+class GridPowerStats:
+    mean_power: Tensor
+    """(B, G) fp32 mean over valid frames of P(f, t)."""
+    variance: Tensor
+    """(B, G) fp32 sigma^2(f) = Var_t P(f, t) over valid frames (population variance)."""
+    freq_valid: Tensor
+    """(B, G) bool."""
+    num_frames: Tensor
+    """(B,) valid frames per clip (0 for a clip shorter than one window)."""
+    grid_hz: float
+
+    @property
+    def freqs_hz(self) -> Tensor:
+        return torch.arange(self.variance.shape[1], device=self.variance.device, dtype=torch.float32) * self.grid_hz
+
+
+def grid_power_statistics(
+    wave: Tensor,
+    sample_rate: Tensor,
+    lengths: Tensor,
+    window_s: float,
+    hop_s: float,
+    n_grid: int,
+    grid_hz: float | None = None,
+) -> GridPowerStats:
+    """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
+
+    The statistics are taken in each rate's own STFT bins and then placed on the grid; where the window is a
+    whole number of samples (every common rate with the default 20 ms window) the bins are the grid bins, and
+    otherwise the per-bin statistics are linearly interpolated onto it. Same arguments as
+    :func:`grid_power_spectrogram`.
+    """
+    grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
+    device = wave.device
+    b = wave.shape[0]
+    with torch.autocast(device_type=device.type, enabled=False):
+        mean_all = torch.zeros(b, n_grid, device=device)
+        var_all = torch.zeros(b, n_grid, device=device)
+        frames = torch.zeros(b, dtype=torch.long, device=device)
+        for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
+            stats = torch.stack([mean_power(power, fvalid), temporal_variance(power, fvalid)], dim=2)
+            stats = _interp_onto_grid(stats, sr, n_fft, n_grid, grid_hz)
+            mean_all[idx], var_all[idx] = stats[..., 0], stats[..., 1]
+            frames[idx] = fvalid.sum(-1)
+        freq_valid = _freq_valid(sample_rate, n_grid, grid_hz)
+        mean_all = mean_all * freq_valid
+        var_all = var_all * freq_valid
+    return GridPowerStats(mean_all, var_all, freq_valid, frames, grid_hz)
