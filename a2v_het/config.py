@@ -99,7 +99,7 @@ def _merge(base: T, overrides: dict[str, Any], prefix: str = "") -> T:
         path = f"{prefix}{key}"
         if key not in types_:
             near = difflib.get_close_matches(str(key), list(types_), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix}{near[0]!r}?" if near else f"; valid keys: {sorted(types_)}"
+            hint = f"; did you mean {prefix + near[0]!r}?" if near else f"; valid keys: {sorted(types_)}"
             raise ConfigError(f"unknown config key {path!r}{hint}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -182,6 +182,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates owner-only files; give the result the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()

@@ -1,0 +1,108 @@
+"""``a2v-het``: the command line.
+
+    a2v-het pretrain RECIPE [key=value ...]        train (or resume) the recipe; the run folder is train.run_dir
+    a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
+    a2v-het export RUN_DIR OUT                     safetensors + config of the latest checkpoint, for fine-tuning
+    a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from a2v_het.config import ConfigError
+    from a2v_het.train.loop import main_from_cli
+
+    try:
+        run_dir = main_from_cli(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"a2v-het pretrain: {e}", file=sys.stderr)
+        return 2
+    print(f"[a2v-het] run folder: {run_dir}")
+    return 0
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    from a2v_het.eval.coverage import coverage_report, format_table, load_frontend
+
+    frontend, cfg = load_frontend(args.checkpoint)
+    report = coverage_report(frontend, args.data, args.split, batch_size=args.batch_size,
+                             plot_dir=args.plot_dir, plot_tag=args.plot_tag, num_workers=args.num_workers,
+                             progress=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report))
+        if "plots" in report:
+            print("plots: " + ", ".join(report["plots"].values()))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from a2v_het.train.export import export_run
+
+    out = export_run(args.run_dir, args.out)
+    print(f"[a2v-het] exported to {out}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    args.bench_run(args)  # prints its own table (or JSON with --json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="a2v-het", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pt = sub.add_parser("pretrain", help="train or resume a recipe")
+    pt.add_argument("recipe", help="YAML recipe (overrides of the defaults), e.g. recipes/smoke.yaml")
+    pt.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=100")
+    pt.set_defaults(func=_cmd_pretrain)
+
+    cv = sub.add_parser("coverage", help="coverage table of a heterodyne checkpoint on a shard folder")
+    cv.add_argument("--checkpoint", required=True, help="run folder (uses its latest checkpoint) or export folder")
+    cv.add_argument("--data", required=True, help="shard folder with manifest.json")
+    cv.add_argument("--split", default="val")
+    cv.add_argument("--batch-size", type=int, default=16)
+    cv.add_argument("--num-workers", type=int, default=0)
+    cv.add_argument("--plot-dir", default=None, help="write bands/coverage PNGs here")
+    cv.add_argument("--plot-tag", default="coverage")
+    cv.add_argument("--json", action="store_true")
+    cv.set_defaults(func=_cmd_coverage)
+
+    ex = sub.add_parser("export", help="export the latest checkpoint of a run as safetensors + config")
+    ex.add_argument("run_dir")
+    ex.add_argument("out")
+    ex.set_defaults(func=_cmd_export)
+
+    bench = sub.add_parser("bench", help="benchmarks")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+    from a2v_het.bench import frontend as bench_frontend
+
+    bf = bsub.add_parser("frontend", help="frontends side by side: fwd+bwd time, peak memory, tokens per clip")
+    bench_frontend.add_args(bf)
+    bf.set_defaults(func=_cmd_bench, bench_run=bench_frontend.run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    if "DS_ACCELERATOR" not in os.environ:
+        try:
+            import torch
+
+            if not torch.cuda.is_available():
+                os.environ["DS_ACCELERATOR"] = "cpu"
+        except ImportError:
+            pass
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

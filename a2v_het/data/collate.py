@@ -1,0 +1,78 @@
+"""Batching decoded clips of different sample rates and lengths.
+
+Mixed-rate batches are padded, not bucketed: the heterodyne frontend takes ``(wave, sample_rate, lengths)`` with a
+different rate per row and produces the same token count for every clip of a given duration, so grouping clips by
+rate would only cost shuffling quality. The price is padding: a 8 kHz clip next to a 96 kHz clip occupies a row of
+the 96 kHz length, which the frontend ignores via ``lengths``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def collate_audio(samples: Sequence[dict[str, Any]], num_skipped: int = 0) -> dict[str, Any]:
+    """Stack decoded clips into one zero-padded batch.
+
+    Args:
+        samples: B >= 1 dicts with ``key`` (str), ``wave`` (float32 array (T_b,)), ``sample_rate`` (int, Hz) and
+            optionally ``events`` (list of event dicts, times in seconds from the clip start), ``labelled`` (bool)
+            and ``meta`` (dict).
+        num_skipped: corrupt samples skipped by the stream since the previous batch (see ``stream.py``).
+    Returns: dict with
+        ``wave``: float32 (B, T_max), zero after each clip's end;
+        ``lengths``: int64 (B,) valid samples per row;
+        ``sample_rate``: int64 (B,) Hz;
+        ``duration_s``: float, seconds of the longest clip (max over b of lengths[b] / sample_rate[b]);
+        ``keys``: list[str]; ``events``: list[list[dict]]; ``labelled``: bool (B,); ``meta``: list[dict];
+        ``num_skipped``: int.
+    Raises: ValueError on an empty list or a wave that is not 1-D.
+    """
+    if len(samples) == 0:
+        raise ValueError("collate_audio needs at least one sample")
+    waves = [np.asarray(s["wave"], dtype=np.float32) for s in samples]
+    for s, w in zip(samples, waves):
+        if w.ndim != 1:
+            raise ValueError(f"sample {s.get('key')!r}: wave must be 1-D (T,), got shape {w.shape}")
+    lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.int64)
+    sample_rate = torch.tensor([int(s["sample_rate"]) for s in samples], dtype=torch.int64)
+    batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
+    for b, w in enumerate(waves):
+        batch[b, : w.shape[0]] = torch.from_numpy(w)
+    return {
+        "wave": batch,
+        "lengths": lengths,
+        "sample_rate": sample_rate,
+        "duration_s": float((lengths.double() / sample_rate.double()).max()),
+        "keys": [str(s["key"]) for s in samples],
+        "events": [list(s.get("events", [])) for s in samples],
+        "labelled": torch.tensor([bool(s.get("labelled", False)) for s in samples], dtype=torch.bool),
+        "meta": [dict(s.get("meta", {})) for s in samples],
+        "num_skipped": int(num_skipped),
+    }
+
+
+def znorm(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-clip zero-mean, unit-variance normalisation over the valid samples only (animal2vec style).
+
+    Args:
+        wave: (B, T) float, zero-padded after ``lengths``.
+        lengths: (B,) int, valid samples per row.
+        eps: floor of the standard deviation, so silent (or empty) clips come out as zeros instead of NaN.
+    Returns: (B, T) float, same dtype; padding stays exactly zero so it cannot leak into the frontend.
+    """
+    if wave.dim() != 2:
+        raise ValueError(f"wave must be (B, T), got shape {tuple(wave.shape)}")
+    lengths = torch.as_tensor(lengths, device=wave.device).long().reshape(-1)
+    valid = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+    # Statistics in fp64: a 96 kHz clip has ~10^6 samples, enough for fp32 sums of squares to lose digits.
+    x = wave.double() * valid
+    count = lengths.clamp(min=1).double()[:, None]
+    mean = x.sum(dim=1, keepdim=True) / count
+    var = ((x - mean) * valid).pow(2).sum(dim=1, keepdim=True) / count
+    out = (x - mean) / var.sqrt().clamp(min=eps)
+    return (out * valid).to(wave.dtype)

@@ -1,0 +1,251 @@
+"""Data2VecModel: frontend -> tokens; an EMA teacher encodes every clip once and builds targets; the student sees M
+masked clones of each clip (masked tokens dropped before the encoder) and a light decoder regresses the targets at
+the masked tokens. The frontend's coverage losses are added to the objective.
+
+    wave --z-norm--> frontend --LN (+Linear)--> tokens --+--> teacher.add_position -> teacher blocks -> targets
+                                                         +--> student.add_position -> x M clones -> drop masked
+                                                              -> student blocks (original positions) -> restore with
+                                                              mask embedding -> decoder -> predictions at the masks
+
+The token LayerNorm / projection and the frontend are shared by student and teacher (data2vec 2.0's
+``ema_encoder_only``); the teacher input is detached, so targets never pass gradients.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from a2v_het.frontend.base import Frontend, FrontendOutput
+from a2v_het.model.config import ModelConfig
+from a2v_het.model.decoder import Decoder
+from a2v_het.model.ema import EMATeacher, ema_decay_at
+from a2v_het.model.encoder import Encoder
+from a2v_het.model.masking import compute_mask, drop_masked, restore
+from a2v_het.model.targets import build_targets
+
+
+class TrainingCollapsed(RuntimeError):
+    """The targets or the predictions lost their variance: the student-teacher pair has collapsed."""
+
+
+def normalize_wave(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per clip, zero mean and unit variance over the valid samples; padding stays 0. (B, T) -> (B, T) fp32.
+
+    ``eps`` (as in data2vec's ``F.layer_norm`` of the wave) acts as a noise floor: silence stays 0 instead of NaN,
+    and a near-silent clip (variance << eps) is not blown up to unit variance.
+    """
+    with torch.autocast(device_type=wave.device.type, enabled=False):
+        t = wave.shape[1]
+        valid = (torch.arange(t, device=wave.device)[None, :] < lengths[:, None]).float()
+        x = wave.float() * valid
+        count = valid.sum(1, keepdim=True).clamp_min(1.0)
+        mean = x.sum(1, keepdim=True) / count
+        var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
+        return (x - mean) * torch.rsqrt(var + eps) * valid
+
+
+def _channel_variance(x: Tensor) -> Tensor:
+    """(P, D) -> scalar: mean over channels of the (biased) variance across the P rows; 0 when P == 0."""
+    if x.shape[0] == 0:
+        return x.new_zeros(())
+    return x.var(dim=0, correction=0).mean()
+
+
+class Data2VecModel(nn.Module):
+    """See the module docstring. ``frontend`` is any :class:`Frontend`; ``cfg`` is validated here."""
+
+    def __init__(self, cfg: ModelConfig, frontend: Frontend):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.frontend = frontend
+        d = cfg.embed_dim
+        # Always normalise the tokens: their scale is whatever the frontend makes, and it feeds the teacher directly.
+        self.token_norm = nn.LayerNorm(frontend.dim)
+        self.token_proj = nn.Linear(frontend.dim, d) if frontend.dim != d else nn.Identity()
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.mask_embedding = nn.Parameter(torch.empty(d).normal_(std=0.02))
+        # A plain attribute (EMATeacher is not an nn.Module): excluded from parameters() and state_dict().
+        self.teacher = EMATeacher(self.encoder)
+
+    # ----------------------------------------------------------------------------------------- teacher plumbing
+    def _apply(self, fn, recurse=True):
+        """``.to()`` / ``.cuda()`` also move the unregistered teacher, but never change its dtype (stays fp32)."""
+        super()._apply(fn, recurse)
+        if "teacher" not in self.__dict__:  # not built yet
+            return self
+        # Probe on the teacher's own device: .cuda() / .to(device) move the probe, .float() / .half() leave it.
+        probe = next(self.teacher.model.parameters()).new_zeros(())
+        self.teacher.to(fn(probe).device)
+        return self
+
+    def reset_teacher(self) -> None:
+        """Teacher := a fresh copy of the student encoder. Call after loading student weights or after DDP / DeepSpeed
+        broadcast rank 0's initial weights (each rank's teacher was copied from its own initialisation)."""
+        device = next(self.encoder.parameters()).device
+        self.teacher = EMATeacher(self.encoder).to(device)
+
+    def teacher_state_dict(self) -> dict[str, Tensor]:
+        return self.teacher.state_dict()
+
+    def load_teacher_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.teacher.load_state_dict(state)
+
+    def ema_decay(self, step: int) -> float:
+        c = self.cfg
+        return ema_decay_at(step, c.ema_decay, c.ema_end_decay, c.ema_anneal_end_step)
+
+    @torch.no_grad()
+    def ema_step(self, step: int) -> float:
+        """Move the teacher towards the student with the scheduled decay; returns the decay. Call once per real
+        optimizer step (not on skipped / overflowed steps)."""
+        decay = self.ema_decay(step)
+        self.teacher.update(self.encoder, decay)
+        return decay
+
+    # ------------------------------------------------------------------------------------------------ pieces
+    def _tokens(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, FrontendOutput]:
+        """wave (B, T) -> tokens (B, N, D), padding_mask (B, N) bool, the raw frontend output."""
+        lengths = torch.as_tensor(lengths, device=wave.device).long()
+        if self.cfg.z_normalize:
+            wave = normalize_wave(wave, lengths).to(wave.dtype)
+        out = self.frontend(wave, sample_rate, lengths)
+        tokens = self.token_proj(self.token_norm(out.tokens))
+        return tokens, out.padding_mask.bool(), out
+
+    @torch.no_grad()
+    def _teacher_targets(self, tokens: Tensor, padding_mask: Tensor) -> Tensor:
+        """Teacher on the unmasked tokens of each clip -> targets (B, N, D) fp32."""
+        teacher = self.teacher.model.eval()
+        x = tokens.detach().float()
+        # Under autocast the teacher runs in the autocast dtype. If the student's weights were cast to bf16 without
+        # autocast (tokens arrive in bf16), run the fp32 teacher under bf16 autocast instead of failing on dtypes.
+        low_precision = tokens.dtype in (torch.bfloat16, torch.float16)
+        ctx = torch.autocast(x.device.type, dtype=tokens.dtype) if low_precision else contextlib.nullcontext()
+        with ctx:
+            _, layers = teacher(teacher.add_position(x, padding_mask), padding_mask)
+        return build_targets(layers, self.cfg.average_top_k_layers, padding_mask, self.cfg.instance_norm_targets)
+
+    def _regression_loss(self, pred: Tensor, target: Tensor) -> Tensor:
+        """pred, target (P, D) -> scalar fp32: per-token loss summed over channels / sqrt(D) (data2vec 2.0 scaling),
+        averaged over the P masked tokens (0 when P == 0, still attached to the graph)."""
+        if self.cfg.loss == "mse":
+            per = F.mse_loss(pred, target, reduction="none")
+        else:
+            per = F.smooth_l1_loss(pred, target, reduction="none", beta=self.cfg.smooth_l1_beta)
+        return per.sum() / (math.sqrt(pred.shape[-1]) * max(pred.shape[0], 1))
+
+    def _aux_total(self, aux: dict[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(lambda_e * energy + lambda_s * surprise, energy, surprise), absent terms = 0 (e.g. the conv frontend)."""
+        zero = like.new_zeros((), dtype=torch.float32)
+        energy = aux.get("energy", zero).float()
+        surprise = aux.get("surprise", zero).float()
+        return self.cfg.lambda_energy * energy + self.cfg.lambda_surprise * surprise, energy, surprise
+
+    # ------------------------------------------------------------------------------------------------ objectives
+    def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0,
+                generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Self-supervised loss of one batch.
+
+        Args:
+            wave: (B, T) float, zero-padded after ``lengths``; sample_rate (B,) Hz (mixed rates allowed);
+            lengths: (B,) samples; step: optimizer step (only logged: the EMA decay in use);
+            generator: random source for the masks (CPU), or None for the global RNG.
+        Returns: total loss (scalar fp32) and detached fp32 scalar logs: loss, regression, energy, surprise,
+            target_var, pred_var (mean over channels of the variance across masked tokens), mask_ratio (masked /
+            valid tokens), masked_tokens (summed over clones), tokens (valid tokens of the B clips), ema_decay,
+            frontend/<stat>.
+        """
+        c = self.cfg
+        m = c.clone_batch
+        tokens, padding_mask, out = self._tokens(wave, sample_rate, lengths)
+        b, n, _ = tokens.shape
+
+        targets = self._teacher_targets(tokens, padding_mask)  # (B, N, D) fp32
+
+        # Student: conv positions on the full sequence, then M clones, each with its own mask, masked tokens dropped.
+        x = self.encoder.add_position(tokens, padding_mask).repeat_interleave(m, dim=0)  # (B*M, N, D)
+        pad = padding_mask.repeat_interleave(m, dim=0)
+        mask = compute_mask(b, n, padding_mask, c.mask_prob, c.mask_length, m, generator, c.mask_type)
+        mask = mask.to(tokens.device)
+        visible, positions = drop_masked(x, mask)  # (B*M, V, D), (B*M, V)
+        encoded, _ = self.encoder(visible, pad.gather(1, positions), positions)
+        pred = self.decoder(restore(encoded, mask, self.mask_embedding), pad)  # (B*M, N, D)
+
+        rows, cols = torch.nonzero(mask & ~pad, as_tuple=True)  # the masked, valid tokens
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            p = pred[rows, cols].float()
+            t = targets[rows // m, cols]  # clone row -> its clip's targets, without materialising M copies
+            regression = self._regression_loss(p, t)
+            aux_total, energy, surprise = self._aux_total(out.aux_losses, regression)
+            loss = regression + aux_total
+
+            n_valid = (~pad).sum()
+            logs = {
+                "loss": loss, "regression": regression, "energy": energy, "surprise": surprise,
+                "target_var": _channel_variance(t), "pred_var": _channel_variance(p),
+                "mask_ratio": rows.numel() / n_valid.clamp_min(1).float(),
+                "masked_tokens": torch.tensor(float(rows.numel()), device=loss.device),
+                "tokens": (~padding_mask).sum().float(),  # valid tokens of the clips (throughput logging)
+                "ema_decay": torch.tensor(self.ema_decay(step), device=loss.device),
+            }
+            logs.update({f"frontend/{k}": v for k, v in out.stats.items()})
+            logs = {k: v.detach().float().reshape(()) for k, v in logs.items()}
+        return loss, logs
+
+    def coverage_loss(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Frontend-only objective ``lambda_energy * energy + lambda_surprise * surprise`` (trains the heterodyne
+        hypernetwork; the encoder is not run). Returns (loss fp32, logs like :meth:`forward`'s subset)."""
+        lengths = torch.as_tensor(lengths, device=wave.device).long()
+        if self.cfg.z_normalize:
+            wave = normalize_wave(wave, lengths).to(wave.dtype)
+        out = self.frontend(wave, sample_rate, lengths)
+        if not out.aux_losses:
+            raise ValueError(f"{type(self.frontend).__name__} returns no coverage losses; "
+                             "the coverage objective needs the heterodyne frontend")
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            loss, energy, surprise = self._aux_total(out.aux_losses, wave)
+        logs = {"loss": loss, "energy": energy, "surprise": surprise}
+        logs.update({f"frontend/{k}": v for k, v in out.stats.items()})
+        return loss, {k: v.detach().float().reshape(()) for k, v in logs.items()}
+
+    def check_collapse(self, logs: dict[str, Tensor], step: int) -> None:
+        """Raise :class:`TrainingCollapsed` once ``step >= collapse_check_after`` if the target or prediction
+        variance (from :meth:`forward`'s logs) is below its threshold."""
+        c = self.cfg
+        if step < c.collapse_check_after:
+            return
+        checks = (("target_var", c.collapse_min_target_var, "the EMA teacher's targets"),
+                  ("pred_var", c.collapse_min_pred_var, "the student's predictions"))
+        for key, threshold, what in checks:
+            value = float(logs[key])
+            if not value >= threshold:  # also catches NaN
+                raise TrainingCollapsed(
+                    f"training collapsed at step {step}: {key} = {value:.3g} < model.collapse_min_{key} = "
+                    f"{threshold:g} -- {what} have (almost) no variance across masked tokens, so the regression "
+                    f"loss is trivially small. Lower the learning rate, lengthen the warm-up or raise "
+                    f"model.ema_decay, and resume from an earlier checkpoint.")
+
+    # ------------------------------------------------------------------------------------------------ inference
+    def encode(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+        """Student encoder on the unmasked clips (fine-tuning / probing): final (B, N, D), layer_outputs (``depth``
+        x (B, N, D) FFN outputs), padding_mask (B, N) True = pad."""
+        tokens, padding_mask, _ = self._tokens(wave, sample_rate, lengths)
+        final, layers = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask)
+        return final, layers, padding_mask
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups: weight decay on matrices / conv kernels only; none on 1-D parameters (biases, norms,
+        ALiBi scales, the mask embedding). Frozen parameters are left out; the teacher is never included."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if p.requires_grad:
+                (decay if p.dim() >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]

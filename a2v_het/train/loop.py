@@ -1,0 +1,290 @@
+"""The training loop: one DeepSpeed engine from a one-process CPU smoke run to multi-node GPU jobs.
+
+Read top to bottom: set up the process group, build the objective and the engine, resume from ``latest`` if the
+run folder has one, then step: forward, backward, optimizer step at the accumulation boundary, EMA update, log,
+evaluate, checkpoint. A SIGUSR2 (SLURM's warning before preemption/time-out) or SIGTERM sets a flag that all ranks
+agree on at the next step; they then save together and exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from a2v_het.config import config_to_dict, save_config
+from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights, save_checkpoint
+from a2v_het.train.config import PretrainConfig
+from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
+from a2v_het.train.logger import MetricsLogger
+from a2v_het.train.objective import build_objective, cpu_state_dict, has_teacher
+from a2v_het.train.schedule import cosine_with_warmup
+
+_STOP_SIGNALS = {"flag": False, "signal": None}
+
+
+def _request_stop(signum, frame):  # noqa: ARG001
+    _STOP_SIGNALS["flag"] = True
+    _STOP_SIGNALS["signal"] = signum
+
+
+def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:
+    """Create the synthetic shards named by the recipe when asked to and absent (rank 0; the others wait)."""
+    data = cfg.data
+    train_dir, eval_dir = Path(data.shards), Path(eval_shards(cfg))
+    if is_main and data.synthesize_if_missing:
+        from data_tools.synth import write_synth_shards
+
+        if not (train_dir / "manifest.json").is_file():
+            print(f"[a2v-het] writing synthetic '{data.synth_preset}' training shards to {train_dir}", flush=True)
+            write_synth_shards(train_dir, data.synth_preset, data.synth_clips, list(data.synth_sample_rates),
+                               data.duration_s, seed=data.synth_seed, split=data.train_split)
+        if not (eval_dir / "manifest.json").is_file():
+            print(f"[a2v-het] writing synthetic '{data.synth_preset}' eval shards (unseen rates) to {eval_dir}",
+                  flush=True)
+            write_synth_shards(eval_dir, data.synth_preset, data.synth_eval_clips, list(data.synth_eval_sample_rates),
+                               data.duration_s, seed=data.synth_seed + 1, split=data.eval_split)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if not (train_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"no manifest.json in data.shards={str(train_dir)!r}; make shards with "
+                                "`python -m data_tools shard IN_DIR OUT_DIR` or set data.synthesize_if_missing=true")
+
+
+def eval_shards(cfg: PretrainConfig) -> str:
+    """The eval split lives beside the training shards (``<shards>-eval``) unless the training folder has it."""
+    train_dir = Path(cfg.data.shards)
+    manifest = train_dir / "manifest.json"
+    if manifest.is_file():
+        import json
+
+        if cfg.data.eval_split in json.loads(manifest.read_text()).get("splits", {}):
+            return str(train_dir)
+    return str(train_dir) + "-eval"
+
+
+def resolve_precision(cfg: PretrainConfig) -> str:
+    if cfg.train.precision != "auto":
+        if cfg.train.precision == "bf16" and not torch.cuda.is_available():
+            return "bf16"  # CPU autocast supports bf16 too; used by the numerics tests
+        return cfg.train.precision
+    return "bf16" if torch.cuda.is_available() else "fp32"
+
+
+def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
+    # Mixed precision is torch autocast around the forward with fp32 weights, not DeepSpeed's bf16 mode: the
+    # frontend's spectral statistics and the losses run in fp32 islands that need fp32 weights next to them.
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.optim.grad_accum,
+        "train_batch_size": cfg.data.batch_size * cfg.optim.grad_accum * world_size,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if torch.cuda.is_available() and state.get("cuda"):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
+    """Run (or resume) the recipe; returns the run folder."""
+    cfg.validate()
+    dist = dist or dist_env_from()
+    init_distributed(dist)
+    run_dir = Path(cfg.train.run_dir).resolve()
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    ensure_shards(cfg, dist.is_main)
+
+    seed = cfg.train.seed
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    np.random.seed(seed + dist.rank)
+    random.seed(seed + dist.rank)
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision(cfg)
+
+    objective = build_objective(cfg).to(device)
+    optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
+    import deepspeed
+
+    engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
+                                                   config=deepspeed_config(cfg, dist.world_size))
+    lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
+
+    # ---- resume
+    step, run_id, resumes = 0, None, 0
+    tag = latest_tag(run_dir)
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag, load_lr_scheduler_states=False)
+        step, run_id, resumes = int(client["step"]), client.get("wandb_run_id"), int(client.get("resumes", 0)) + 1
+        if has_teacher(objective):
+            objective.load_teacher_state_dict(load_weights(checkpoint_root(run_dir) / tag / "teacher.safetensors"))
+        _set_rng_state(client["rng"][dist.rank] if dist.rank < len(client["rng"]) else client["rng"][0])
+        if dist.is_main:
+            print(f"[a2v-het] resumed from {tag} (step {step})", flush=True)
+
+    logger = MetricsLogger(run_dir, cfg.logging, config_to_dict(cfg), run_id, enabled=dist.is_main)
+    from a2v_het.data.stream import make_eval_loader, make_train_loader
+
+    # A resumed run draws a new stream (resampled shards cannot be rewound); the seed says which resume it is.
+    loader = make_train_loader(cfg.data.shards, cfg.data.batch_size, cfg.data.duration_s, cfg.data.num_workers,
+                               seed=seed + 7919 * resumes, samples_per_epoch=cfg.data.samples_per_epoch,
+                               split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
+
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+
+    def autocast():
+        if precision == "bf16":
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def checkpoint() -> None:
+        client = {"step": step, "wandb_run_id": logger.run_id, "resumes": resumes, "rng": _gather_rng(dist)}
+        extra = {"teacher": objective.teacher_state_dict()} if has_teacher(objective) else None
+        if extra is not None:
+            extra = {"teacher": {k: v.detach().cpu().contiguous() for k, v in extra["teacher"].items()}}
+        save_checkpoint(engine, objective, run_dir, step, client, cfg.train.keep_last, dist.is_main, extra)
+
+    t_start = time.time()
+    t_log, audio_s, tokens, skipped = time.time(), 0.0, 0, 0
+    sums: dict[str, float] = {}
+    n_sums = 0
+    done = step >= cfg.train.max_steps
+    engine.train()
+    while not done:
+        for batch in loader:
+            wave = batch["wave"].to(device, non_blocking=True)
+            rates = batch["sample_rate"].to(device)
+            lengths = batch["lengths"].to(device)
+            with autocast():
+                loss, logs = engine(wave, rates, lengths, step)
+            engine.backward(loss)
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary:
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr_at[min(step, len(lr_at) - 1)])
+            engine.step()
+
+            audio_s += float((lengths.double() / rates.double()).sum())
+            tokens += int(logs.get("tokens", torch.tensor(0)).item()) if "tokens" in logs else 0
+            skipped += int(batch.get("num_skipped", 0))
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_sums += 1
+            if not boundary:
+                continue
+
+            ema = objective.ema_step(step)
+            step += 1
+            objective.check_collapse({k: v / n_sums for k, v in sums.items()}, step)
+
+            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                dt = max(time.time() - t_log, 1e-9)
+                metrics = {k: v / n_sums for k, v in sums.items()}
+                metrics.update(lr=float(lr_at[min(step - 1, len(lr_at) - 1)]), ema_decay=ema,
+                               audio_s_per_s=audio_s * dist.world_size / dt, skipped_samples=skipped)
+                if tokens:
+                    metrics["tokens_per_s"] = tokens * dist.world_size / dt
+                logger.log(step, metrics)
+                t_log, audio_s, tokens, sums, n_sums = time.time(), 0.0, 0, {}, 0
+
+            if dist.is_main and cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device)
+
+            out_of_time = cfg.train.max_time_s > 0 and time.time() - t_start > cfg.train.max_time_s
+            stop = _agree(_STOP_SIGNALS["flag"] or out_of_time, device)
+            done = step >= cfg.train.max_steps
+            if stop or done or step % cfg.train.save_every == 0:
+                checkpoint()
+            if stop:
+                if dist.is_main:
+                    why = f"signal {_STOP_SIGNALS['signal']}" if _STOP_SIGNALS["flag"] else "train.max_time_s"
+                    print(f"[a2v-het] stopping at step {step} ({why}); checkpoint saved", flush=True)
+                logger.close()
+                return run_dir
+            if done:
+                break
+
+    if dist.is_main and cfg.train.eval_every:
+        evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device, final=True)
+    logger.close()
+    return run_dir
+
+
+def _agree(flag: bool, device: torch.device) -> bool:
+    """All ranks stop together: one rank's signal is every rank's signal."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _gather_rng(dist: DistEnv) -> list:
+    state = _rng_state()
+    if dist.world_size == 1:
+        return [state]
+    out = [None] * dist.world_size
+    torch.distributed.all_gather_object(out, state)
+    return out
+
+
+def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, logger: MetricsLogger,
+                      device: torch.device, final: bool = False) -> None:
+    """Coverage table on the eval split and a PNG of the chosen bands over spectrograms (rank 0)."""
+    if cfg.frontend.name != "heterodyne":
+        return
+    from a2v_het.eval.coverage import coverage_report
+
+    eval_dir = eval_shards(cfg)
+    if not (Path(eval_dir) / "manifest.json").is_file():
+        return
+    max_batches = None if final else cfg.data.eval_batches
+    was_training = frontend.training
+    frontend.eval()
+    plots = run_dir / "plots"
+    report = coverage_report(frontend, eval_dir, cfg.data.eval_split, batch_size=cfg.data.batch_size,
+                             max_batches=max_batches, device=device, plot_dir=plots, plot_tag=f"step_{step:08d}")
+    frontend.train(was_training)
+    summary = report["overall"]
+    logger.log(step, {f"eval/{k}": v for k, v in summary.items() if isinstance(v, (int, float))})
+    for name, path in report.get("plots", {}).items():
+        logger.log_image(step, f"eval/{name}", Path(path))
+    if final:
+        from a2v_het.config import atomic_write_text
+        from a2v_het.eval.coverage import format_table
+        import json
+
+        atomic_write_text(run_dir / "coverage.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(run_dir / "coverage.md", format_table(report) + "\n")
+        print(format_table(report), flush=True)
+
+
+def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
+    from a2v_het.config import load_config
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    cfg = load_config(PretrainConfig, recipe, overrides)
+    return pretrain(cfg)

@@ -1,0 +1,192 @@
+"""Synthetic data: determinism, events inside the clip and below Nyquist, ground truth that matches the audio."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.signal import spectrogram
+
+from data_tools.cli import main as cli_main
+from data_tools.shard_writer import read_manifest
+from data_tools.synth import BASIC_CALL_TYPES, CALL_TYPES, F_MIN_HZ, make_clip, parse_sample_rates, write_synth_shards
+
+EVAL_RATES = [6000, 12000, 18000, 24000, 38000, 64000, 96000]
+
+
+def _clip(preset: str, sample_rate: int, seed: int, duration_s: float = 3.0):
+    return make_clip(np.random.default_rng([seed, sample_rate]), preset, sample_rate, duration_s)
+
+
+def _spectrogram(audio: np.ndarray, sample_rate: int):
+    """Power STFT with a ~16 ms Hann window (62.5 Hz bins at every rate), hop = window / 4.
+
+    Returns (freqs Hz (F,), frame centres s (N,), power (F, N), bin width Hz)."""
+    nperseg = int(2 ** np.round(np.log2(0.016 * sample_rate)))
+    f, t, power = spectrogram(audio.astype(np.float64), fs=sample_rate, window="hann", nperseg=nperseg,
+                              noverlap=3 * nperseg // 4, mode="psd")
+    return f, t, power, f[1] - f[0]
+
+
+def _band(f: np.ndarray, df: float, low: float, high: float) -> np.ndarray:
+    """Bins whose [f - df/2, f + df/2] intersects [low, high] (a 5 Hz-wide tone band still gets its bin)."""
+    return (f + df / 2 >= low) & (f - df / 2 <= high)
+
+
+def _energy_ratios(audio, sample_rate, events):
+    """Per event: (mean STFT power in its band during it / in its band outside it,
+    mean power in its band during it / mean power in the other bands during it).
+
+    "During" = frame centre inside [onset, offset]; "outside" = the frame's window clear of the event and of every
+    other event whose band intersects this one (so a second call in the same band does not count as background).
+    """
+    f, t, power, df = _spectrogram(audio, sample_rate)
+    half_window = (f.size - 1) * 2 / sample_rate / 2
+    usable = (f >= F_MIN_HZ) & (f <= 0.45 * sample_rate)
+    out = []
+    for i, e in enumerate(events):
+        band = _band(f, df, e["low_hz"], e["high_hz"])
+        during = (t >= e["onset_s"]) & (t <= e["offset_s"])
+        clear = (t + half_window < e["onset_s"]) | (t - half_window > e["offset_s"])
+        for j, other in enumerate(events):
+            if j != i and (_band(f, df, other["low_hz"], other["high_hz"]) & band).any():
+                clear &= (t + half_window < other["onset_s"]) | (t - half_window > other["offset_s"])
+        guard = max(3 * df, 100.0)
+        other_bands = usable & ~_band(f, df, e["low_hz"] - guard, e["high_hz"] + guard)
+        assert during.any() and clear.any()
+        inside = power[band][:, during].mean()
+        out.append((inside / power[band][:, clear].mean(),
+                    inside / power[other_bands][:, during].mean() if other_bands.any() else np.inf))
+    return out
+
+
+def test_make_clip_is_deterministic():
+    for preset in ("basic", "field"):
+        a1, e1, m1 = _clip(preset, 22050, seed=5)
+        a2, e2, m2 = _clip(preset, 22050, seed=5)
+        a3, e3, _ = _clip(preset, 22050, seed=6)
+        np.testing.assert_array_equal(a1, a2)
+        assert e1 == e2 and m1 == m2
+        assert a1.shape == a3.shape and not np.array_equal(a1, a3)
+
+
+@pytest.mark.parametrize("preset", ["basic", "field"])
+@pytest.mark.parametrize("sample_rate", [4000, 8000, 22050, 48000, *EVAL_RATES])
+def test_events_fit_clip_and_nyquist(preset, sample_rate):
+    duration_s = 1.0  # short clips squeeze the call placement hardest
+    allowed = BASIC_CALL_TYPES if preset == "basic" else CALL_TYPES
+    for seed in range(12):
+        audio, events, meta = _clip(preset, sample_rate, seed, duration_s)
+        assert audio.dtype == np.float32 and audio.shape == (int(round(duration_s * sample_rate)),)
+        assert np.isfinite(audio).all() and np.abs(audio).max() == pytest.approx(0.9, abs=1e-6)
+        assert meta["preset"] == preset and len(events) >= 1
+        for e in events:
+            assert set(e) == {"onset_s", "offset_s", "low_hz", "high_hz", "label"}
+            assert e["label"] in allowed
+            assert 0.0 <= e["onset_s"] < e["offset_s"] <= duration_s
+            assert F_MIN_HZ <= e["low_hz"] < e["high_hz"] <= 0.9 * sample_rate / 2
+        if preset == "basic":
+            assert 1 <= len(events) <= 3
+            for a, b in zip(events, events[1:]):
+                assert a["offset_s"] <= b["onset_s"], "basic calls must not overlap in time"
+        else:
+            assert 2 <= len(events) <= 5 and len(meta["snr_db"]) == len(events)
+
+
+@pytest.mark.parametrize("sample_rate", [6000, 8000, 22050, 96000])
+def test_basic_ground_truth_matches_audio(sample_rate):
+    for seed in range(4):
+        audio, events, _ = _clip("basic", sample_rate, seed)
+        for event, (vs_time, vs_bands) in zip(events, _energy_ratios(audio, sample_rate, events)):
+            # -40 dB background: the call's box must stand out by far in time and in frequency
+            assert vs_time > 100, (event, vs_time)
+            assert vs_bands > 100, (event, vs_bands)
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 24000, 96000])
+def test_field_ground_truth_matches_audio(sample_rate):
+    ratios, strong = [], []
+    for seed in range(6):
+        audio, events, meta = _clip("field", sample_rate, seed)
+        for event, snr, (vs_time, _) in zip(events, meta["snr_db"], _energy_ratios(audio, sample_rate, events)):
+            # calls sit 0-20 dB above a background that may gust (wind): every box holds more energy than the same
+            # band elsewhere, and clearly more when the call is >= 10 dB above the background
+            assert vs_time > 1.2, (event, snr, vs_time)
+            ratios.append(vs_time)
+            if snr >= 10:
+                strong.append(vs_time)
+    assert np.median(ratios) > 5
+    assert strong and min(strong) > 2
+
+
+def test_field_has_all_call_types_and_a_static_hum():
+    labels, hum_checked = set(), 0
+    for seed in range(16):
+        sample_rate = 16000
+        audio, events, meta = _clip("field", sample_rate, seed)
+        labels.update(e["label"] for e in events)
+        assert set(meta["background"]) <= {"white", "pink", "hum", "wind"}
+        assert {"white", "pink"} & set(meta["background"])
+        if "hum" not in meta["background"]:
+            continue
+        # The hum's fundamental is a steady spectral line: far above its neighbourhood, nearly constant over time
+        # (frames near calls covering that frequency are left out).
+        f0 = meta["hum_hz"][0]
+        nperseg = int(0.064 * sample_rate)
+        f, t, power = spectrogram(audio.astype(np.float64), fs=sample_rate, nperseg=nperseg, noverlap=nperseg // 2)
+        quiet = np.ones(t.size, bool)
+        for e in events:
+            if e["low_hz"] - 50 <= f0 <= e["high_hz"] + 50:
+                quiet &= (t + 0.032 < e["onset_s"]) | (t - 0.032 > e["offset_s"])
+        line = power[np.argmin(np.abs(f - f0)), quiet]
+        neighbours = power[(np.abs(f - f0) > 100) & (np.abs(f - f0) < 500)][:, quiet]
+        assert line.mean() > 10 * np.median(neighbours)
+        assert line.std() / line.mean() < 0.35
+        hum_checked += 1
+    assert labels == set(CALL_TYPES)
+    assert hum_checked >= 3
+
+
+def test_bad_arguments_raise_clear_errors():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="preset"):
+        make_clip(rng, "forest", 16000)
+    with pytest.raises(ValueError, match="sample_rate"):
+        make_clip(rng, "basic", 2000)
+    with pytest.raises(ValueError, match="duration_s"):
+        make_clip(rng, "basic", 16000, 0.1)
+    with pytest.raises(ValueError, match="'8k'"):
+        parse_sample_rates("8000,8k")
+
+
+def test_write_synth_shards_is_byte_identical_and_labelled(tmp_path):
+    kwargs = dict(preset="field", n_clips=6, sample_rates=[8000, 24000], duration_s=0.5, seed=3, split="val",
+                  command="test")
+    m1 = write_synth_shards(tmp_path / "a", **kwargs)
+    m2 = write_synth_shards(tmp_path / "b", workers=2, **kwargs)
+    m3 = write_synth_shards(tmp_path / "c", **{**kwargs, "seed": 4})
+    assert m1.read_bytes() == m2.read_bytes()
+    man1, man3 = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "c")
+    for shard in man1["sha256"]:
+        assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()
+    assert man1["sha256"] != man3["sha256"]
+    assert man1["classes"] == list(CALL_TYPES)
+    split = man1["splits"]["val"]
+    assert split["samples"] == 6 and sum(split["hours_by_sample_rate"].values()) == pytest.approx(6 * 0.5 / 3600)
+    assert set(split["hours_by_sample_rate"]) <= {"8000", "24000"}
+
+
+def test_cli_synth_writes_shards(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["synth", str(out), "--preset", "basic", "--clips", "3", "--duration", "0.5",
+            "--sample-rates", "8000,16000", "--split", "test", "--seed", "1", "--workers", "1", "--quiet"]
+    assert cli_main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["test"]["samples"] == 3
+    assert manifest["created_by"]["command"].startswith("python -m data_tools synth ")
+    # a second run into the same folder is refused with a one-line error, and --overwrite replaces the data set
+    capsys.readouterr()
+    assert cli_main(args) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert cli_main([*args, "--overwrite"]) == 0
