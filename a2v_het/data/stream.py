@@ -388,6 +388,9 @@ def _loader(dataset: wds.DataPipeline, num_workers: int, rank: int, world_size: 
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     return DataLoader(
         dataset,
+        # Its own generator: creating an iterator must not draw from the global torch RNG (masks and dropout use
+        # it, and a resumed run has to see the same global RNG sequence as an uninterrupted one).
+        generator=torch.Generator().manual_seed(rank),
         batch_size=None,  # the pipeline batches itself
         num_workers=num_workers,
         # persistent workers keep the per-epoch counters of the pipeline stages (fresh shards/crops every epoch)

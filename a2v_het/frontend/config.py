@@ -26,6 +26,9 @@ class HeterodyneConfig:
     stft_window_s: float = 0.02
     """STFT window for the summary and the coverage losses; grid spacing = 1 / window (50 Hz)."""
     stft_hop_s: float = 0.01
+    power_exponent: float = 1.0
+    """The coverage statistics use P(f, t)^power_exponent. 1.0 is the seed (power); 0.5 (magnitude) weighs a call
+    20 dB below the loudest one 100x less instead of 10^4x less (an ablation, see BENCHMARKS.md)."""
     picker_channels: int = 32
     picker_layers: int = 4
     picker_kernel: int = 9

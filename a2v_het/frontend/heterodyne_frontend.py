@@ -75,7 +75,7 @@ class HeterodyneFrontend(Frontend):
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         self._check_rates(sample_rate)
         stats = grid_power_statistics(wave, sample_rate, lengths, self.h.stft_window_s, self.h.stft_hop_s,
-                                      self.n_grid, self.grid_hz)
+                                      self.n_grid, self.grid_hz, self.h.power_exponent)
         with torch.autocast(device_type=wave.device.type, enabled=False):
             p = variance_distribution(stats.variance, stats.freq_valid)
             band_start = self.picker(stats.mean_power, p, stats.freq_valid, sample_rate)

@@ -164,13 +164,14 @@ def grid_power_statistics(
     hop_s: float,
     n_grid: int,
     grid_hz: float | None = None,
+    power_exponent: float = 1.0,
 ) -> GridPowerStats:
     """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
 
     The statistics are taken in each rate's own STFT bins and then placed on the grid; where the window is a
     whole number of samples (every common rate with the default 20 ms window) the bins are the grid bins, and
     otherwise the per-bin statistics are linearly interpolated onto it. Same arguments as
-    :func:`grid_power_spectrogram`.
+    :func:`grid_power_spectrogram`. ``power_exponent`` != 1 takes the statistics of P^exponent (compressed power).
     """
     grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
     device = wave.device
@@ -180,6 +181,8 @@ def grid_power_statistics(
         var_all = torch.zeros(b, n_grid, device=device)
         frames = torch.zeros(b, dtype=torch.long, device=device)
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
+            if power_exponent != 1.0:
+                power = power.pow(power_exponent)
             stats = torch.stack([mean_power(power, fvalid), temporal_variance(power, fvalid)], dim=2)
             stats = _interp_onto_grid(stats, sr, n_fft, n_grid, grid_hz)
             mean_all[idx], var_all[idx] = stats[..., 0], stats[..., 1]

@@ -65,6 +65,9 @@ class TrainConfig:
     keep_last: int = 3
     max_time_s: float = 0.0
     """Stop (with a checkpoint) after this many seconds of training; 0 = no limit."""
+    stop_after_steps: int = 0
+    """Stop (with a checkpoint) after this many optimizer steps of this invocation; 0 = no limit. Time-sliced
+    jobs; the schedules still follow max_steps."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights, 
 from a2v_het.train.config import PretrainConfig
 from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
-from a2v_het.train.objective import build_objective, cpu_state_dict, has_teacher
+from a2v_het.train.objective import build_objective, has_teacher
 from a2v_het.train.schedule import cosine_with_warmup
 
 _STOP_SIGNALS = {"flag": False, "signal": None}
@@ -133,11 +133,13 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
 
     # ---- resume
-    step, run_id, resumes = 0, None, 0
+    step, micro, run_id, resumes = 0, 0, None, 0
+    torch.manual_seed(seed * 1_000_003 + dist.rank + 1)  # masks and dropout differ per rank; weights are built
     tag = latest_tag(run_dir)
     if tag is not None:
         _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag, load_lr_scheduler_states=False)
-        step, run_id, resumes = int(client["step"]), client.get("wandb_run_id"), int(client.get("resumes", 0)) + 1
+        step, micro = int(client["step"]), int(client["micro_step"])
+        run_id, resumes = client.get("wandb_run_id"), int(client.get("resumes", 0)) + 1
         if has_teacher(objective):
             objective.load_teacher_state_dict(load_weights(checkpoint_root(run_dir) / tag / "teacher.safetensors"))
         _set_rng_state(client["rng"][dist.rank] if dist.rank < len(client["rng"]) else client["rng"][0])
@@ -145,12 +147,14 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             print(f"[a2v-het] resumed from {tag} (step {step})", flush=True)
 
     logger = MetricsLogger(run_dir, cfg.logging, config_to_dict(cfg), run_id, enabled=dist.is_main)
-    from a2v_het.data.stream import make_eval_loader, make_train_loader
+    from a2v_het.data.stream import make_train_loader
 
-    # A resumed run draws a new stream (resampled shards cannot be rewound); the seed says which resume it is.
-    loader = make_train_loader(cfg.data.shards, cfg.data.batch_size, cfg.data.duration_s, cfg.data.num_workers,
-                               seed=seed + 7919 * resumes, samples_per_epoch=cfg.data.samples_per_epoch,
-                               split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
+    def epoch_loader(epoch: int):
+        # One loader per epoch, seeded by the epoch: a resumed run rebuilds the same epoch and skips the batches it
+        # already consumed (at most one epoch of decoding), so the data stream continues exactly.
+        return make_train_loader(cfg.data.shards, cfg.data.batch_size, cfg.data.duration_s, cfg.data.num_workers,
+                                 seed=seed * 1_000_003 + epoch, samples_per_epoch=cfg.data.samples_per_epoch,
+                                 split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
 
     for sig in (signal.SIGUSR2, signal.SIGTERM):
         signal.signal(sig, _request_stop)
@@ -161,20 +165,26 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         return contextlib.nullcontext()
 
     def checkpoint() -> None:
-        client = {"step": step, "wandb_run_id": logger.run_id, "resumes": resumes, "rng": _gather_rng(dist)}
-        extra = {"teacher": objective.teacher_state_dict()} if has_teacher(objective) else None
-        if extra is not None:
-            extra = {"teacher": {k: v.detach().cpu().contiguous() for k, v in extra["teacher"].items()}}
+        client = {"step": step, "micro_step": micro, "wandb_run_id": logger.run_id, "resumes": resumes,
+                  "rng": _gather_rng(dist)}
+        extra = None
+        if has_teacher(objective):
+            extra = {"teacher": {k: v.detach().cpu().contiguous() for k, v in objective.teacher_state_dict().items()}}
         save_checkpoint(engine, objective, run_dir, step, client, cfg.train.keep_last, dist.is_main, extra)
 
-    t_start = time.time()
+    t_start, start_step = time.time(), step
     t_log, audio_s, tokens, skipped = time.time(), 0.0, 0, 0
     sums: dict[str, float] = {}
     n_sums = 0
     done = step >= cfg.train.max_steps
     engine.train()
+    loader = epoch_loader(0)
     while not done:
-        for batch in loader:
+        epoch, skip = divmod(micro, loader.num_batches)
+        loader = epoch_loader(epoch)
+        for i, batch in enumerate(loader):
+            if i < skip:
+                continue
             wave = batch["wave"].to(device, non_blocking=True)
             rates = batch["sample_rate"].to(device)
             lengths = batch["lengths"].to(device)
@@ -186,9 +196,10 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 for group in optimizer.param_groups:
                     group["lr"] = float(lr_at[min(step, len(lr_at) - 1)])
             engine.step()
+            micro += 1
 
             audio_s += float((lengths.double() / rates.double()).sum())
-            tokens += int(logs.get("tokens", torch.tensor(0)).item()) if "tokens" in logs else 0
+            tokens += int(logs["tokens"]) if "tokens" in logs else 0
             skipped += int(batch.get("num_skipped", 0))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -214,19 +225,22 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device)
 
             out_of_time = cfg.train.max_time_s > 0 and time.time() - t_start > cfg.train.max_time_s
-            stop = _agree(_STOP_SIGNALS["flag"] or out_of_time, device)
+            sliced = cfg.train.stop_after_steps > 0 and step - start_step >= cfg.train.stop_after_steps
+            stop = _agree(_STOP_SIGNALS["flag"] or out_of_time or sliced, device)
             done = step >= cfg.train.max_steps
             if stop or done or step % cfg.train.save_every == 0:
                 checkpoint()
-            if stop:
+            if stop and not done:
                 if dist.is_main:
-                    why = f"signal {_STOP_SIGNALS['signal']}" if _STOP_SIGNALS["flag"] else "train.max_time_s"
+                    why = f"signal {_STOP_SIGNALS['signal']}" if _STOP_SIGNALS["flag"] else "time/step limit"
                     print(f"[a2v-het] stopping at step {step} ({why}); checkpoint saved", flush=True)
+                _record_rank_sync(objective, run_dir, dist)
                 logger.close()
                 return run_dir
             if done:
                 break
 
+    _record_rank_sync(objective, run_dir, dist)
     if dist.is_main and cfg.train.eval_every:
         evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device, final=True)
     logger.close()
@@ -239,6 +253,27 @@ def _agree(flag: bool, device: torch.device) -> bool:
     if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def _record_rank_sync(objective, run_dir: Path, dist: DistEnv) -> None:
+    """Every rank hashes its weights; rank 0 writes them to rank_sync.json (they must all be equal)."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for name, p in sorted(objective.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    digests = [digest.hexdigest()]
+    if dist.world_size > 1:
+        digests = [None] * dist.world_size
+        torch.distributed.all_gather_object(digests, digest.hexdigest())
+    if dist.is_main:
+        from a2v_het.config import atomic_write_text
+
+        atomic_write_text(run_dir / "rank_sync.json", json.dumps({"param_sha256_by_rank": digests}, indent=2) + "\n")
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks diverged: parameter hashes {digests}")
 
 
 def _gather_rng(dist: DistEnv) -> list:
