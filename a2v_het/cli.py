@@ -4,6 +4,7 @@
     a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
     a2v-het export RUN_DIR OUT                     safetensors + config of the latest checkpoint, for fine-tuning
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
+    a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     bf = bsub.add_parser("frontend", help="frontends side by side: fwd+bwd time, peak memory, tokens per clip")
     bench_frontend.add_args(bf)
     bf.set_defaults(func=_cmd_bench, bench_run=bench_frontend.run)
+    from a2v_het.bench import step as bench_step
+
+    bs = bsub.add_parser("step", help="data2vec training step: heterodyne vs conv frontend, same encoder")
+    bench_step.add_args(bs)
+    bs.set_defaults(func=_cmd_bench, bench_run=bench_step.run)
     return p
 
 

@@ -346,3 +346,20 @@ def test_bench_frontend_rows_and_reports():
     table = [l for l in md.splitlines() if l.startswith("|")]
     assert len(table) == 2 + 6 and "8000 | conv" in md
     assert "bare_logmel" in format_table(result)
+
+
+def test_bench_step_reports_both_frontends_with_the_same_encoder():
+    import argparse
+
+    from a2v_het.bench import step as bench_step
+
+    parser = argparse.ArgumentParser()
+    bench_step.add_args(parser)
+    args = parser.parse_args(["--rates", "8000", "--seconds", "0.5", "--batch", "1", "--repeats", "1",
+                              "--embed-dim", "32", "--depth", "1", "--heads", "2", "--clone-batch", "1", "--json"])
+    result = bench_step.run(args)
+    rows = {r["frontend"]: r for r in result["rows"]}
+    assert set(rows) == {"heterodyne", "conv"}
+    assert rows["heterodyne"]["tokens_per_clip"] == 25  # 0.5 s x 50 Hz
+    assert rows["heterodyne"]["ratio_to_heterodyne"] == 1.0
+    assert rows["conv"]["step_s"] > 0 and rows["conv"]["ratio_to_heterodyne"] > 0

@@ -87,10 +87,11 @@ def test_smoke_recipe_is_the_main_job(tmp_path):
 def test_resume_gives_the_same_run(tiny_shards, tmp_path):
     """N steps straight vs N/2 + resume: same losses and the same parameters (CPU, fp32)."""
     straight = tmp_path / "straight"
-    run_cli(["pretrain", *fast_overrides(tiny_shards, straight, "train.max_steps=6", "train.save_every=100")],
+    run_cli(["pretrain", *fast_overrides(tiny_shards, straight, "train.max_steps=6", "train.save_every=100",
+                                         "train.zero_stage=2")],
             cwd=tmp_path)
     resumed = tmp_path / "resumed"
-    args = fast_overrides(tiny_shards, resumed, "train.max_steps=6", "train.save_every=100")
+    args = fast_overrides(tiny_shards, resumed, "train.max_steps=6", "train.save_every=100", "train.zero_stage=2")
     first = run_cli(["pretrain", *args, "train.stop_after_steps=3"], cwd=tmp_path)
     assert "stopping at step 3" in first.stdout
     assert (resumed / "checkpoints" / "latest").read_text().strip() == "step_00000003"

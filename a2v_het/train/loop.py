@@ -93,13 +93,17 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    # Plain lists/tensors only, so the checkpoint loads with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     if torch.cuda.is_available() and state.get("cuda"):
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -130,6 +134,8 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
 
     engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
                                                    config=deepspeed_config(cfg, dist.world_size))
+    # DeepSpeed's own loader unpickles (weights_only=False); ours accepts tensors and plain containers only.
+    engine.checkpoint_engine.load = _load_weights_only
     lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
 
     # ---- resume
@@ -245,6 +251,20 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device, final=True)
     logger.close()
     return run_dir
+
+
+def _deepspeed_safe_globals() -> list:
+    """The few plain DeepSpeed classes its ZeRO optimizer states pickle (loss-scaler settings, stage enum)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _load_weights_only(path, map_location=None):
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
 
 
 def _agree(flag: bool, device: torch.device) -> bool:
