@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+
+from a2v_het.atomic import atomic_write_text  # noqa: F401  (re-exported)
 
 T = TypeVar("T")
 
@@ -180,27 +181,6 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def config_from_dict(cls: type[T], tree: dict[str, Any]) -> T:
     """Rebuild a config saved by :func:`save_config` (the full tree, so every key must still exist)."""
     return _merge(cls(), tree)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates owner-only files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

@@ -120,7 +120,8 @@ def test_two_process_gloo_run_keeps_ranks_in_sync(tiny_shards, tmp_path):
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK"):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "a2v_het.cli",
-           "pretrain", *fast_overrides(tiny_shards, run_dir, "train.max_steps=4", "train.save_every=2")]
+           "pretrain", *fast_overrides(tiny_shards, run_dir, "train.max_steps=4", "train.save_every=2",
+                                           "data.bc_mixup=true")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     digests = json.loads((run_dir / "rank_sync.json").read_text())["param_sha256_by_rank"]

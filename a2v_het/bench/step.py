@@ -69,7 +69,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rows.append({"sample_rate": sr, "frontend": name,
                          "tokens_per_clip": frontend.num_tokens(args.seconds, sr),
                          "step_s": t, "s_per_clip": t / args.batch})
-            del model, opt, frontend
         for r in rows:
             if r["sample_rate"] == sr:
                 r["ratio_to_heterodyne"] = r["step_s"] / times["heterodyne"]

@@ -23,6 +23,8 @@ class DataConfig:
     num_workers: int = 2
     samples_per_epoch: int = 10000
     """Length of one pass of the resampled (infinite) training stream, per process."""
+    bc_mixup: bool = False
+    """animal2vec's between-class mixing of same-rate clips in a batch (ratio r ~ U(0.5, 1), A-weighted gains)."""
     eval_batches: int = 8
     """Batches of the eval split used for the periodic coverage table and band plots."""
     synthesize_if_missing: bool = False

@@ -194,6 +194,10 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             wave = batch["wave"].to(device, non_blocking=True)
             rates = batch["sample_rate"].to(device)
             lengths = batch["lengths"].to(device)
+            if cfg.data.bc_mixup:
+                from a2v_het.model.mixup import bc_mixup
+
+                wave, lengths, _, _ = bc_mixup(wave, lengths, rates, None)
             with autocast():
                 loss, logs = engine(wave, rates, lengths, step)
             engine.backward(loss)
