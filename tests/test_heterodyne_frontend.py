@@ -150,3 +150,15 @@ def test_config_rejects_band_width_not_multiple_of_token_rate():
         FrontendConfig(token_rate=30.0).validate()
     cfg = dataclasses.replace(FrontendConfig(), token_rate=40.0)
     cfg.validate()
+
+
+def test_cropped_analysis_grid_gives_the_same_bands_as_the_full_grid():
+    """analyze() crops the grid above the batch's Nyquist (+ two receptive fields); the bands must not change."""
+    fe = make_frontend()
+    wave, rates, lengths = batch([(8000, noisy_tone(8000, 1.0, 2500.0)), (22050, noisy_tone(22050, 1.0, 7000.0))])
+    assert fe.analysis_bins(rates) < fe.n_grid
+    cropped = fe.analyze(wave, rates, lengths).band_start_hz
+    full_bins = fe.n_grid
+    fe.analysis_bins = lambda sample_rate: full_bins  # the uncropped grid up to max_sample_rate / 2
+    full = fe.analyze(wave, rates, lengths).band_start_hz
+    torch.testing.assert_close(cropped, full, atol=1e-3, rtol=0)

@@ -56,11 +56,15 @@ class BandPicker(nn.Module):
                                  dilation=dil), nn.GELU()]
             ch_in = cfg.picker_channels
         self.body = nn.Sequential(*layers)
-        # Pointwise: the body already gives every bin its neighbourhood, and the head runs K times.
-        self.head = nn.Sequential(
-            nn.Conv1d(cfg.picker_channels + N_EVIDENCE, cfg.picker_channels, 1), nn.GELU(),
-            nn.Conv1d(cfg.picker_channels, 1, 1),
-        )
+        # Bins on each side that one grid bin's body output depends on.
+        self.receptive_half_width = sum((2**i) * (cfg.picker_kernel // 2) for i in range(cfg.picker_layers))
+        # Pointwise head on [body features, evidence]: the body already gives every bin its neighbourhood, and the
+        # head runs K times. Its first layer is split so the body part is computed once per clip and each band only
+        # adds the (cheap, 2-channel) evidence term.
+        c = cfg.picker_channels
+        self.head_body = nn.Conv1d(c, c, 1)
+        self.head_evidence = nn.Parameter(torch.randn(c, N_EVIDENCE) / N_EVIDENCE**0.5)
+        self.head_out = nn.Conv1d(c, 1, 1)
 
     def forward(self, mean_power: Tensor, variance_dist: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
         """Pick the bands.
@@ -88,14 +92,17 @@ class BandPicker(nn.Module):
         log_var = torch.log(variance_dist + 1e-6) * fv
         h = self.body(torch.stack([log_power, log_var, fv, sv], dim=1))  # (B, C, G)
 
+        h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
+        w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
         residual = variance_dist
         covered = torch.zeros_like(mean_power)
         offsets = torch.arange(-self.window_bins, self.window_bins + 1, device=mean_power.device)
         starts = []
         for _ in range(cfg.num_bands):
             log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6) * sv
-            evidence = torch.stack([log_capture, covered], dim=1)
-            logits = self.head(torch.cat([h, evidence], dim=1)).squeeze(1)
+            evidence = torch.stack([log_capture, covered], dim=1)  # (B, 2, G)
+            z = nn.functional.gelu(h_head + torch.einsum("ce,beg->bcg", self.head_evidence, evidence))
+            logits = torch.einsum("c,bcg->bg", w_out, z) + b_out
             logits = logits.masked_fill(~start_valid, float("-inf"))
             centre = logits.detach().argmax(-1)  # (B,)
             win = (centre[:, None] + offsets).clamp(0, g - 1)  # (B, 2w+1)

@@ -16,15 +16,16 @@ from torch import Tensor, nn
 
 
 def factor_strides(ratio: int) -> list[int]:
-    """Split a down-sampling ratio into conv strides from {5, 4, 3, 2} (largest first); 1 -> []."""
-    strides, r = [], ratio
-    for s in (5, 4, 3, 2):
-        while r % s == 0 and r > 1:
-            strides.append(s)
-            r //= s
-    if r != 1:
-        strides.append(r)  # a prime factor > 5: one conv with that stride
-    return strides
+    """Conv strides from the band rate down to the token rate: one large first stride (ratio / 2, a learned
+    filterbank with windows of 2 tokens and a hop of half a token), then 2. A conv's cost grows with its input
+    length, not its stride, so down-sampling early is what keeps the stack cheap. ratio 40 -> [20, 2]."""
+    if ratio < 1:
+        raise ValueError(f"ratio must be >= 1, got {ratio}")
+    if ratio == 1:
+        return []
+    if ratio % 2 or ratio == 2:
+        return [ratio]
+    return [ratio // 2, 2]
 
 
 def frequency_embedding(freq_hz: Tensor, dim: int, max_hz: float) -> Tensor:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import signal
 import time
 from pathlib import Path
 
@@ -19,20 +18,13 @@ import numpy as np
 import torch
 
 from a2v_het.config import config_to_dict, save_config
+from a2v_het.train import preemption
 from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights, save_checkpoint
 from a2v_het.train.config import PretrainConfig
 from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
 from a2v_het.train.objective import build_objective, has_teacher
 from a2v_het.train.schedule import cosine_with_warmup
-
-_STOP_SIGNALS = {"flag": False, "signal": None}
-
-
-def _request_stop(signum, frame):  # noqa: ARG001
-    _STOP_SIGNALS["flag"] = True
-    _STOP_SIGNALS["signal"] = signum
-
 
 def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:
     """Create the synthetic shards named by the recipe when asked to and absent (rank 0; the others wait)."""
@@ -162,8 +154,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                                  seed=seed * 1_000_003 + epoch, samples_per_epoch=cfg.data.samples_per_epoch,
                                  split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
 
-    for sig in (signal.SIGUSR2, signal.SIGTERM):
-        signal.signal(sig, _request_stop)
+    preemption.install_handlers()
 
     def autocast():
         if precision == "bf16":
@@ -236,16 +227,17 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
 
             out_of_time = cfg.train.max_time_s > 0 and time.time() - t_start > cfg.train.max_time_s
             sliced = cfg.train.stop_after_steps > 0 and step - start_step >= cfg.train.stop_after_steps
-            stop = _agree(_STOP_SIGNALS["flag"] or out_of_time or sliced, device)
+            stop = _agree(preemption.stop_requested() or out_of_time or sliced, device)
             done = step >= cfg.train.max_steps
             if stop or done or step % cfg.train.save_every == 0:
                 checkpoint()
             if stop and not done:
                 if dist.is_main:
-                    why = f"signal {_STOP_SIGNALS['signal']}" if _STOP_SIGNALS["flag"] else "time/step limit"
-                    print(f"[a2v-het] stopping at step {step} ({why}); checkpoint saved", flush=True)
+                    print(f"[a2v-het] stopping at step {step} ({preemption.stop_reason()}); checkpoint saved",
+                          flush=True)
                 _record_rank_sync(objective, run_dir, dist)
                 logger.close()
+                preemption.requeue_if_preempted(dist.is_main)
                 return run_dir
             if done:
                 break
