@@ -114,3 +114,17 @@ def test_gradient_reaches_far_band_through_cauchy_tail():
     (energy_variance_loss(var, mask, fv) + surprise_loss(var, mask, fv)).sum().backward()
     assert f.grad is not None and torch.isfinite(f.grad).all()
     assert f.grad.item() < 0  # descending the loss moves f up, towards the energy
+
+
+def test_variance_fast_path_equals_masked_path():
+    from a2v_het.frontend.spectrum import power_mean_and_variance
+
+    power = torch.rand(3, 20, 40) * 5
+    all_valid = torch.ones(3, 40, dtype=torch.bool)
+    fast_mean, fast_var = power_mean_and_variance(power, all_valid)
+    some = all_valid.clone()
+    some[0, -1] = False  # forces the masked path
+    slow_mean, slow_var = power_mean_and_variance(power, some)
+    torch.testing.assert_close(fast_mean[1:], slow_mean[1:])
+    torch.testing.assert_close(fast_var[1:], slow_var[1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fast_var.numpy(), power.numpy().var(axis=-1), rtol=1e-5)

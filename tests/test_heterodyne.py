@@ -154,3 +154,13 @@ def test_straight_through_gradient_reaches_band_start():
     assert f.grad is not None and f.grad.abs().item() > 0
     g = torch.tensor([[3000.0]], requires_grad=True)
     assert not heterodyne_bands(x, torch.tensor([sr]), torch.tensor([n]), g, W, 2000).requires_grad
+
+
+def test_fast_edge_taper_equals_the_product_formula():
+    from a2v_het.frontend.heterodyne import apply_edge_taper
+
+    lengths = torch.tensor([1000, 37, 640, 5, 999])
+    x = torch.randn(5, 1000) * (torch.arange(1000)[None, :] < lengths[:, None])
+    for t in (0, 1, 20, 300):
+        want = x * edge_taper(lengths, 1000, t) if t else x
+        torch.testing.assert_close(apply_edge_taper(x, lengths, t), want, atol=1e-6, rtol=1e-5)

@@ -33,6 +33,29 @@ def edge_taper(lengths: Tensor, n_samples: int, taper_samples: int) -> Tensor:
     return ramp((n + 0.5) / taper_samples) * ramp((lens - n - 0.5) / taper_samples) * inside
 
 
+def apply_edge_taper(x: Tensor, lengths: Tensor, taper_samples: int) -> Tensor:
+    """``x * edge_taper(lengths, x.shape[1], taper_samples)`` touching only the faded samples.
+
+    x: (b, n) zero beyond each clip's length (the frontend's input contract). Clips shorter than two fades take the
+    full product formula.
+    """
+    t = int(taper_samples)
+    if t <= 0:
+        return x
+    short = lengths < 2 * t
+    out = x.clone()
+    if short.any():
+        out[short] = x[short] * edge_taper(lengths[short], x.shape[1], t)
+    rows = (~short).nonzero().flatten()
+    if rows.numel():
+        j = torch.arange(t, device=x.device)
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * (j.float() + 0.5) / t)
+        out[rows, :t] = out[rows, :t] * ramp
+        end = lengths[rows, None] - t + j  # the last t samples of each clip
+        out[rows[:, None], end] = out[rows[:, None], end] * ramp.flip(0)
+    return out
+
+
 def heterodyne_bands(
     wave: Tensor,
     sample_rate: Tensor,
@@ -75,7 +98,7 @@ def heterodyne_bands(
             x = wave[idx, : min(n_fft, wave.shape[1])].float()
             if x.shape[1] < n_fft:
                 x = torch.nn.functional.pad(x, (0, n_fft - x.shape[1]))
-            x = x * edge_taper(lengths[idx], n_fft, int(round(taper_s * sr)))
+            x = apply_edge_taper(x, lengths[idx], int(round(taper_s * sr)))
             spec = torch.fft.rfft(x)  # (b, n_fft//2 + 1), bins every sr / n_fft ~= 1 / D' Hz
             n_bins = spec.shape[1]
             # One zero bin appended: indices past the Nyquist bin point there instead of wrapping.

@@ -65,6 +65,11 @@ class BandPicker(nn.Module):
         self.head_body = nn.Conv1d(c, c, 1)
         self.head_evidence = nn.Parameter(torch.randn(c, N_EVIDENCE) / N_EVIDENCE**0.5)
         self.head_out = nn.Conv1d(c, 1, 1)
+        # Skip from the evidence to the logits with a learned positive gain: the picker starts as "the start that
+        # would capture the most variance not yet captured" and learns corrections around it. Without it, a picker
+        # can learn to lean on absolute features (log power is highest at low frequencies in wind and pink noise)
+        # and stack all bands on one spot at rates it has not seen.
+        self.capture_gain = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
 
     def forward(self, mean_power: Tensor, variance_dist: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
         """Pick the bands.
@@ -103,6 +108,7 @@ class BandPicker(nn.Module):
             evidence = torch.stack([log_capture, covered], dim=1)  # (B, 2, G)
             z = nn.functional.gelu(h_head + torch.einsum("ce,beg->bcg", self.head_evidence, evidence))
             logits = torch.einsum("c,bcg->bg", w_out, z) + b_out
+            logits = logits + nn.functional.softplus(self.capture_gain) * log_capture
             logits = logits.masked_fill(~start_valid, float("-inf"))
             centre = logits.detach().argmax(-1)  # (B,)
             win = (centre[:, None] + offsets).clamp(0, g - 1)  # (B, 2w+1)

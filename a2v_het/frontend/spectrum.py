@@ -30,26 +30,34 @@ class GridSpectrogram:
         return torch.arange(self.power.shape[1], device=self.power.device, dtype=torch.float32) * self.grid_hz
 
 
-def temporal_variance(power: Tensor, frame_valid: Tensor) -> Tensor:
-    """sigma^2(f) = Var_t P(f, t) over the valid frames (population variance).
+def power_mean_and_variance(power: Tensor, frame_valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and sigma^2(f) = Var_t P(f, t) over the valid frames (population variance), both (B, G) fp32.
 
     Args:
         power: (B, G, F) power.
         frame_valid: (B, F) bool.
-    Returns: (B, G) fp32, zero for clips without a valid frame.
+    Returns: zeros for clips without a valid frame.
     """
     power = power.float()
+    if bool(frame_valid.all()):
+        var, mean = torch.var_mean(power, dim=-1, correction=0)
+        return mean, var
     w = frame_valid.float()[:, None, :]
     n = w.sum(-1).clamp(min=1.0)
     mean = (power * w).sum(-1) / n
     # Two-pass variance: subtracting the mean first keeps precision when a loud static hum sits under a call.
-    return (((power - mean[..., None]) * w) ** 2).sum(-1) / n
+    var = (((power - mean[..., None]) * w) ** 2).sum(-1) / n
+    return mean, var
+
+
+def temporal_variance(power: Tensor, frame_valid: Tensor) -> Tensor:
+    """(B, G): sigma^2(f) = Var_t P(f, t) over the valid frames (see :func:`power_mean_and_variance`)."""
+    return power_mean_and_variance(power, frame_valid)[1]
 
 
 def mean_power(power: Tensor, frame_valid: Tensor) -> Tensor:
     """(B, G): mean over valid frames of P(f, t)."""
-    w = frame_valid.float()[:, None, :]
-    return (power.float() * w).sum(-1) / w.sum(-1).clamp(min=1.0)
+    return power_mean_and_variance(power, frame_valid)[0]
 
 
 def frequency_grid(max_sample_rate: float, grid_hz: float) -> int:
@@ -91,7 +99,7 @@ def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, wind
         window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
         spec = torch.stft(x, n_fft, hop_length=hop, win_length=n_fft, window=window, center=False,
                           return_complex=True)
-        power = (spec.real.square() + spec.imag.square()) / window.sum().square()
+        power = torch.view_as_real(spec).square().sum(-1) / window.sum().square()
         starts = torch.arange(power.shape[2], device=device) * hop
         frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
         yield idx, power, frame_valid, int(sr), n_fft
@@ -183,7 +191,7 @@ def grid_power_statistics(
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
             if power_exponent != 1.0:
                 power = power.pow(power_exponent)
-            stats = torch.stack([mean_power(power, fvalid), temporal_variance(power, fvalid)], dim=2)
+            stats = torch.stack(power_mean_and_variance(power, fvalid), dim=2)
             stats = _interp_onto_grid(stats, sr, n_fft, n_grid, grid_hz)
             mean_all[idx], var_all[idx] = stats[..., 0], stats[..., 1]
             frames[idx] = fvalid.sum(-1)
