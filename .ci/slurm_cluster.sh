@@ -180,8 +180,8 @@ EOF
     done
     echo "PartitionName=debug Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP"
 } >"$CONF_DIR/slurm.conf"
-echo "# no cgroups in this sandbox (TaskPlugin=task/none)" >"$CONF_DIR/cgroup.conf"
-echo "CgroupPlugin=disabled" >>"$CONF_DIR/cgroup.conf"
+# 22.05 has no CgroupPlugin=disabled: no cgroup.conf at all (proctrack/linuxproc and task/none need none)
+grep -q 'slurm_cluster.sh' "$CONF_DIR/cgroup.conf" 2>/dev/null && rm -f "$CONF_DIR/cgroup.conf"
 
 # ---------------------------------------------------------------- start
 if ! running slurmdbd; then

@@ -36,11 +36,16 @@ __all__ = [
     "DEFAULT_TARGET_SHARD_BYTES",
     "FORMAT",
     "ManifestError",
+    "ShardFile",
+    "ShardStats",
     "ShardWriter",
+    "atomic_write_bytes",
+    "build_manifest",
     "encode_flac",
     "read_manifest",
     "sample_key",
     "sanitize_key",
+    "shard_name",
 ]
 
 DEFAULT_TARGET_SHARD_BYTES = 128 * 2**20
@@ -67,6 +72,7 @@ def sample_key(recording_id: str, channel: int, offset_s: float) -> str:
 
 
 def shard_name(name: str, split: str, index: int) -> str:
+    """``{name}-{split}-{index:06d}.tar``, the spec's shard file name."""
     return f"{name}-{split}-{index:06d}.tar"
 
 
@@ -210,8 +216,9 @@ def _create_temp(folder: Path, final_name: str) -> tuple[Path, IO[bytes]]:
     raise FileExistsError(f"cannot create a temporary file for {final_name} in {folder}")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file in the same folder, sync, then rename: readers never see half a file."""
+    path = Path(path)
     tmp, fh = _create_temp(path.parent, path.name)
     try:
         with fh:
@@ -232,21 +239,182 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-@dataclass
-class _OpenShard:
-    final: Path
-    tmp: Path
-    fileobj: IO[bytes]
-    tar: tarfile.TarFile
+def encode_sample(sample_audio: np.ndarray, sample_rate: int, fields: Mapping[str, Any], subtype: str,
+                  classes: Sequence[str] | None = None) -> tuple[str, dict[str, Any], bytes, bytes]:
+    """Validate one sample and encode its members: returns ``(key, json object, flac bytes, json bytes)``.
+
+    Raises ValueError on bad audio or fields (see :func:`build_sample_json`).
+    """
+    wave = _check_audio(sample_audio)
+    info = build_sample_json(wave.shape[0], sample_rate, fields, classes)
+    key = sample_key(info["recording_id"], info["channel"], info["offset_s"])
+    try:
+        # allow_nan=False: NaN/Infinity are not JSON, and strict readers would reject the sample
+        payload = json.dumps(info, ensure_ascii=False, allow_nan=False, default=_json_default).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"sample {key!r}: fields are not JSON serialisable: {exc}") from exc
+    return key, info, encode_flac(wave, info["sample_rate"], subtype), payload
 
 
 @dataclass
-class _SplitStats:
-    shards: list[str] = field(default_factory=list)
+class ShardStats:
+    """What one finished shard holds: its file ``name``, ``split``, ``samples``, ``seconds`` of audio,
+    ``seconds_by_rate`` (Hz -> seconds), the event ``labels`` seen, its ``sha256`` and size in ``bytes``."""
+
+    name: str
+    split: str
     samples: int = 0
     seconds: float = 0.0
     seconds_by_rate: dict[int, float] = field(default_factory=dict)
-    next_index: int = 0
+    labels: list[str] = field(default_factory=list)
+    sha256: str = ""
+    bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "split": self.split, "samples": self.samples, "seconds": self.seconds,
+                "seconds_by_rate": {str(k): v for k, v in sorted(self.seconds_by_rate.items())},
+                "labels": sorted(self.labels), "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ShardStats:
+        return cls(name=str(obj["name"]), split=str(obj["split"]), samples=int(obj["samples"]),
+                   seconds=float(obj["seconds"]),
+                   seconds_by_rate={int(k): float(v) for k, v in obj["seconds_by_rate"].items()},
+                   labels=[str(x) for x in obj["labels"]], sha256=str(obj["sha256"]), bytes=int(obj["bytes"]))
+
+
+class ShardFile:
+    """One tar shard, written to a hidden temporary file in ``folder`` and renamed to ``final_name`` by
+    :meth:`finish`; :meth:`abort` (or an exception inside a ``with`` block) removes the temporary file, so a shard
+    never appears under its final name unless it is complete.
+
+    Args:
+        folder: the shard folder (must exist).
+        final_name: plain file name ``{name}-{split}-{index:06d}.tar``.
+        split: the split the shard belongs to (recorded in its :class:`ShardStats`).
+        subtype: FLAC sample format, ``"PCM_16"`` or ``"PCM_24"``.
+        classes: if given, every event label must be one of them.
+    """
+
+    def __init__(self, folder: str | os.PathLike, final_name: str, split: str, subtype: str = "PCM_16",
+                 classes: Sequence[str] | None = None):
+        if not _PLAIN_TAR_RE.match(final_name):
+            raise ValueError(f"shard file name {final_name!r} must match [A-Za-z0-9_-]+.tar")
+        if subtype not in SUBTYPES:
+            raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
+        self.final = Path(folder) / final_name
+        self.subtype = subtype
+        self.classes = classes
+        self.stats = ShardStats(name=final_name, split=split)
+        self._labels: set[str] = set()
+        self._keys: set[str] = set()
+        self.tmp, self._fileobj = _create_temp(Path(folder), final_name)
+        self._tar: tarfile.TarFile | None = tarfile.open(fileobj=self._fileobj, mode="w", format=tarfile.PAX_FORMAT)
+
+    def __enter__(self) -> ShardFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far (the end-of-archive blocks come on finish)."""
+        return self._fileobj.tell()
+
+    def write(self, sample_audio: np.ndarray, sample_rate: int, fields: Mapping[str, Any]) -> str:
+        """Append one sample (see :meth:`ShardWriter.write`); returns its key. ValueError on bad input or a key
+        already in this shard; nothing is added then."""
+        if self._tar is None:
+            raise RuntimeError(f"shard {self.final.name} is closed")
+        key, info, flac, payload = encode_sample(sample_audio, sample_rate, fields, self.subtype, self.classes)
+        if key in self._keys:
+            raise ValueError(f"duplicate sample key {key!r} (recording_id/channel/offset_s must be unique)")
+        self.add_encoded(key, info, flac, payload)
+        return key
+
+    def add_encoded(self, key: str, info: Mapping[str, Any], flac: bytes, payload: bytes) -> None:
+        """Append members already built by :func:`encode_sample`. An I/O error aborts the shard (half a member
+        may be on disk)."""
+        if self._tar is None:
+            raise RuntimeError(f"shard {self.final.name} is closed")
+        try:
+            _add_member(self._tar, f"{key}.flac", flac)
+            _add_member(self._tar, f"{key}.json", payload)
+        except BaseException:
+            self.abort()
+            raise
+        self._keys.add(key)
+        self._labels.update(e["label"] for e in info["events"])
+        stats = self.stats
+        stats.samples += 1
+        stats.seconds += info["duration_s"]
+        rate = info["sample_rate"]
+        stats.seconds_by_rate[rate] = stats.seconds_by_rate.get(rate, 0.0) + info["duration_s"]
+
+    def finish(self) -> ShardStats:
+        """Close, sync, hash and rename the shard to its final name; returns its stats."""
+        if self._tar is None:
+            raise RuntimeError(f"shard {self.final.name} is closed")
+        try:
+            self._tar.close()  # writes the end-of-archive blocks; the file object stays open
+            self._tar = None
+            self._fileobj.flush()
+            os.fsync(self._fileobj.fileno())
+            self.stats.bytes = self._fileobj.tell()
+            self._fileobj.close()
+            self.stats.sha256 = sha256_file(self.tmp)
+            os.replace(self.tmp, self.final)
+        except BaseException:
+            self.abort()
+            raise
+        self.stats.labels = sorted(self._labels)
+        return self.stats
+
+    def abort(self) -> None:
+        """Drop the temporary file (a finished shard is left alone)."""
+        self._tar = None
+        try:
+            self._fileobj.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def build_manifest(shards: Sequence[ShardStats], classes: Sequence[str] | None, command: str) -> dict[str, Any]:
+    """The ``manifest.json`` object for finished shards (listed per split in the given order).
+
+    ``classes`` None: the sorted labels seen in the shards. Hours are seconds / 3600, summed per split and per
+    sample rate (keys are the rates in Hz as strings, sorted numerically).
+    """
+    splits = {}
+    for split in SPLITS:
+        mine = [s for s in shards if s.split == split and s.samples > 0]
+        if not mine:
+            continue
+        by_rate: dict[int, float] = {}
+        for s in mine:
+            for rate, seconds in s.seconds_by_rate.items():
+                by_rate[rate] = by_rate.get(rate, 0.0) + seconds
+        splits[split] = {
+            "shards": [s.name for s in mine],
+            "samples": sum(s.samples for s in mine),
+            "hours": sum(s.seconds for s in mine) / 3600.0,
+            "hours_by_sample_rate": {str(sr): sec / 3600.0 for sr, sec in sorted(by_rate.items())},
+        }
+    labels = sorted({label for s in shards for label in s.labels})
+    return {
+        "format": FORMAT,
+        "classes": list(classes) if classes is not None else labels,
+        "splits": splits,
+        "sha256": dict(sorted((s.name, s.sha256) for s in shards if s.samples > 0)),
+        "created_by": {"tool": "data_tools", "version": __version__, "command": command},
+    }
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The manifest as written to disk: indented JSON and a final newline (no timestamps: reruns are identical)."""
+    return (json.dumps(manifest, indent=2) + "\n").encode("utf-8")
 
 
 class ShardWriter:
@@ -291,12 +459,10 @@ class ShardWriter:
         self.classes = list(classes) if classes is not None else None
         self.command = command if command is not None else shlex.join(sys.argv)
         self.subtype = subtype
-        self._open: dict[str, _OpenShard] = {}
-        self._stats: dict[str, _SplitStats] = {}
-        self._sha256: dict[str, str] = {}
-        self._finished: list[Path] = []
+        self._open: dict[str, ShardFile] = {}
+        self._next_index: dict[str, int] = {}
+        self._done: list[ShardStats] = []
         self._keys: set[str] = set()
-        self._labels: set[str] = set()
         self._closed = False
         self._prepare_folder(overwrite)
 
@@ -360,85 +526,37 @@ class ShardWriter:
             raise RuntimeError("ShardWriter is closed")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        wave = _check_audio(sample_audio)
-        info = build_sample_json(wave.shape[0], sample_rate, meta, self.classes)
-        key = sample_key(info["recording_id"], info["channel"], info["offset_s"])
+        key, info, flac, payload = encode_sample(sample_audio, sample_rate, meta, self.subtype, self.classes)
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} (recording_id/channel/offset_s must be unique)")
         try:
-            # allow_nan=False: NaN/Infinity are not JSON, and strict readers would reject the sample
-            payload = json.dumps(info, ensure_ascii=False, allow_nan=False, default=_json_default).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"sample {key!r}: fields are not JSON serialisable: {exc}") from exc
-        flac = encode_flac(wave, info["sample_rate"], self.subtype)
-
-        try:
             shard = self._open.get(split) or self._open_shard(split)
-            _add_member(shard.tar, f"{key}.flac", flac)
-            _add_member(shard.tar, f"{key}.json", payload)
-        except BaseException:
             # an I/O error (disk full, ...) can leave half a member in the shard: nothing written so far is trusted
+            shard.add_encoded(key, info, flac, payload)
+            self._keys.add(key)
+            if shard.size >= self.target_shard_bytes:
+                self._finish_shard(split)
+        except BaseException:
             self.abort()
             raise
-        self._keys.add(key)
-        self._labels.update(e["label"] for e in info["events"])
-        stats = self._stats[split]
-        stats.samples += 1
-        stats.seconds += info["duration_s"]
-        rate = info["sample_rate"]
-        stats.seconds_by_rate[rate] = stats.seconds_by_rate.get(rate, 0.0) + info["duration_s"]
-        if shard.fileobj.tell() >= self.target_shard_bytes:
-            try:
-                self._finish_shard(split)
-            except BaseException:
-                self.abort()
-                raise
         return key
 
-    def _open_shard(self, split: str) -> _OpenShard:
-        stats = self._stats.setdefault(split, _SplitStats())
-        final = self.out_dir / shard_name(self.name, split, stats.next_index)
-        stats.next_index += 1
-        tmp, fileobj = _create_temp(self.out_dir, final.name)
-        tar = tarfile.open(fileobj=fileobj, mode="w", format=tarfile.PAX_FORMAT)
-        shard = _OpenShard(final=final, tmp=tmp, fileobj=fileobj, tar=tar)
+    def _open_shard(self, split: str) -> ShardFile:
+        index = self._next_index.get(split, 0)
+        self._next_index[split] = index + 1
+        shard = ShardFile(self.out_dir, shard_name(self.name, split, index), split, self.subtype, self.classes)
         self._open[split] = shard
         return shard
 
     def _finish_shard(self, split: str) -> None:
         """Close the open shard of ``split``, sync it, hash it and rename it to its final name."""
         shard = self._open[split]  # stays listed until renamed, so abort() removes its temp file on failure
-        shard.tar.close()  # writes the end-of-archive blocks; the file object stays open
-        shard.fileobj.flush()
-        os.fsync(shard.fileobj.fileno())
-        shard.fileobj.close()
-        digest = sha256_file(shard.tmp)
-        os.replace(shard.tmp, shard.final)
-        self._finished.append(shard.final)
+        self._done.append(shard.finish())
         del self._open[split]
-        self._sha256[shard.final.name] = digest
-        self._stats[split].shards.append(shard.final.name)
 
     def manifest(self) -> dict[str, Any]:
-        """The manifest of everything written so far (shards still open are not listed)."""
-        splits = {}
-        for split in SPLITS:
-            stats = self._stats.get(split)
-            if stats is None or stats.samples == 0:
-                continue
-            splits[split] = {
-                "shards": list(stats.shards),
-                "samples": stats.samples,
-                "hours": stats.seconds / 3600.0,
-                "hours_by_sample_rate": {str(sr): s / 3600.0 for sr, s in sorted(stats.seconds_by_rate.items())},
-            }
-        return {
-            "format": FORMAT,
-            "classes": self.classes if self.classes is not None else sorted(self._labels),
-            "splits": splits,
-            "sha256": dict(sorted(self._sha256.items())),
-            "created_by": {"tool": "data_tools", "version": __version__, "command": self.command},
-        }
+        """The manifest of the shards finished so far (shards still open are not counted)."""
+        return build_manifest(self._done, self.classes, self.command)
 
     def close(self) -> Path:
         """Finish every open shard and write ``manifest.json`` atomically; returns the manifest path."""
@@ -448,7 +566,7 @@ class ShardWriter:
             for split in sorted(self._open):
                 self._finish_shard(split)
             path = self.out_dir / MANIFEST_NAME
-            _atomic_write_bytes(path, (json.dumps(self.manifest(), indent=2) + "\n").encode("utf-8"))
+            atomic_write_bytes(path, manifest_bytes(self.manifest()))
         except BaseException:
             self.abort()
             raise
@@ -459,11 +577,8 @@ class ShardWriter:
         """Drop everything this writer wrote: open temp files and finished shards; no manifest is written."""
         self._closed = True
         for shard in self._open.values():
-            try:
-                shard.fileobj.close()
-            finally:
-                shard.tmp.unlink(missing_ok=True)
+            shard.abort()
         self._open.clear()
-        for path in self._finished:
-            path.unlink(missing_ok=True)
-        self._finished.clear()
+        for stats in self._done:
+            (self.out_dir / stats.name).unlink(missing_ok=True)
+        self._done.clear()

@@ -291,19 +291,6 @@ def test_conv_frontend_without_aux_losses():
     loss, logs = model(*clips(), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss) and float(logs["energy"]) == 0.0 and float(logs["surprise"]) == 0.0
     assert torch.allclose(loss, logs["regression"])
-    with pytest.raises(ValueError, match="coverage"):
-        model.coverage_loss(*clips())
-
-
-def test_coverage_loss_is_the_weighted_frontend_terms_only():
-    cfg = dataclasses.replace(TINY, lambda_energy=2.0, lambda_surprise=0.5)
-    model = tiny_model(cfg)
-    loss, logs = model.coverage_loss(*clips())
-    assert torch.allclose(loss, 2.0 * logs["energy"] + 0.5 * logs["surprise"])
-    loss.backward()
-    picker = [p for n, p in model.named_parameters() if n.startswith("frontend.picker")]
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in picker)
-    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(("encoder", "decoder")))
 
 
 def test_ema_step_follows_the_schedule_exactly():

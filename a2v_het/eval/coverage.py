@@ -25,6 +25,7 @@ import torch
 
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.coverage_losses import EPS, captured_fractions, surprise, variance_distribution
+from a2v_het.frontend.spectrum import grid_power_statistics
 
 COVERED_FRACTION = 0.5
 MASK_THRESHOLD = 0.5
@@ -118,9 +119,14 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
         rates = batch["sample_rate"].to(device)
         lengths = batch["lengths"].to(device)
         a = frontend.analyze(wave, rates, lengths)
+        variance = a.variance
+        if h.power_exponent != 1.0:
+            # The metrics are defined on the seed's statistic, Var_t of the power, whatever the frontend trains on.
+            variance = grid_power_statistics(wave, rates, lengths, h.stft_window_s, h.stft_hop_s,
+                                             variance.shape[1], a.stats.grid_hz).variance
         for b in range(wave.shape[0]):
             sr = int(rates[b])
-            m = clip_metrics(a.band_start_hz[b].cpu(), a.variance[b].cpu(), a.mask[b].cpu(),
+            m = clip_metrics(a.band_start_hz[b].cpu(), variance[b].cpu(), a.mask[b].cpu(),
                              a.stats.freq_valid[b].cpu(), batch["events"][b], h.band_width_hz, h.cauchy_width_hz)
             per_clip.append((sr, m))
             if sr not in examples:

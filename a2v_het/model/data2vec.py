@@ -199,22 +199,6 @@ class Data2VecModel(nn.Module):
             logs = {k: v.detach().float().reshape(()) for k, v in logs.items()}
         return loss, logs
 
-    def coverage_loss(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Frontend-only objective ``lambda_energy * energy + lambda_surprise * surprise`` (trains the heterodyne
-        hypernetwork; the encoder is not run). Returns (loss fp32, logs like :meth:`forward`'s subset)."""
-        lengths = torch.as_tensor(lengths, device=wave.device).long()
-        if self.cfg.z_normalize:
-            wave = normalize_wave(wave, lengths).to(wave.dtype)
-        out = self.frontend(wave, sample_rate, lengths)
-        if not out.aux_losses:
-            raise ValueError(f"{type(self.frontend).__name__} returns no coverage losses; "
-                             "the coverage objective needs the heterodyne frontend")
-        with torch.autocast(device_type=wave.device.type, enabled=False):
-            loss, energy, surprise = self._aux_total(out.aux_losses, wave)
-        logs = {"loss": loss, "energy": energy, "surprise": surprise}
-        logs.update({f"frontend/{k}": v for k, v in out.stats.items()})
-        return loss, {k: v.detach().float().reshape(()) for k, v in logs.items()}
-
     def check_collapse(self, logs: dict[str, Tensor], step: int) -> None:
         """Raise :class:`TrainingCollapsed` once ``step >= collapse_check_after`` if the target or prediction
         variance (from :meth:`forward`'s logs) is below its threshold."""

@@ -104,6 +104,7 @@ def _set_rng_state(state: dict) -> None:
 def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     """Run (or resume) the recipe; returns the run folder."""
     cfg.validate()
+    preemption.install_handlers()  # first: a USR2 during start-up stops the run at its first step, not the process
     dist = dist or dist_env_from()
     init_distributed(dist)
     run_dir = Path(cfg.train.run_dir).resolve()
@@ -153,8 +154,6 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         return make_train_loader(cfg.data.shards, cfg.data.batch_size, cfg.data.duration_s, cfg.data.num_workers,
                                  seed=seed * 1_000_003 + epoch, samples_per_epoch=cfg.data.samples_per_epoch,
                                  split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
-
-    preemption.install_handlers()
 
     def autocast():
         if precision == "bf16":
