@@ -162,3 +162,14 @@ def test_cropped_analysis_grid_gives_the_same_bands_as_the_full_grid():
     fe.analysis_bins = lambda sample_rate: full_bins  # the uncropped grid up to max_sample_rate / 2
     full = fe.analyze(wave, rates, lengths).band_start_hz
     torch.testing.assert_close(cropped, full, atol=1e-3, rtol=0)
+
+
+def test_no_zero_dim_parameters():
+    """DeepSpeed broadcasts parameters as byte views, which 0-dim tensors do not allow."""
+    from a2v_het.model.config import ModelConfig
+    from a2v_het.model.data2vec import Data2VecModel
+
+    for name in ("heterodyne", "conv", "logmel"):
+        model = Data2VecModel(ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_groups=4,
+                                          average_top_k_layers=2), build_frontend(FrontendConfig(name=name, dim=32)))
+        assert all(p.dim() >= 1 for p in model.parameters()), [n for n, p in model.named_parameters() if p.dim() == 0]

@@ -69,7 +69,7 @@ class BandPicker(nn.Module):
         # would capture the most variance not yet captured" and learns corrections around it. Without it, a picker
         # can learn to lean on absolute features (log power is highest at low frequencies in wind and pink noise)
         # and stack all bands on one spot at rates it has not seen.
-        self.capture_gain = nn.Parameter(torch.tensor(0.5413))  # softplus(0.5413) = 1
+        self.capture_gain = nn.Parameter(torch.tensor([0.5413]))  # softplus(0.5413) = 1; 1-D for DeepSpeed
 
     def forward(self, mean_power: Tensor, variance_dist: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
         """Pick the bands.
