@@ -101,24 +101,21 @@ class BandPicker(nn.Module):
         w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
         residual = variance_dist
         covered = torch.zeros_like(mean_power)
-        offsets = torch.arange(-self.window_bins, self.window_bins + 1, device=mean_power.device)
+        w = self.window_bins
+        offsets = torch.arange(2 * w + 1, device=mean_power.device)
+        # Grid padded by the window on both sides (logits -inf there), so every window is in range without clamping.
+        freqs_padded = nn.functional.pad(freqs, (w, w))
         starts = []
         for _ in range(cfg.num_bands):
             log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6) * sv
-            evidence = torch.stack([log_capture, covered], dim=1)  # (B, 2, G)
-            z = nn.functional.gelu(h_head + torch.einsum("ce,beg->bcg", self.head_evidence, evidence))
-            logits = torch.einsum("c,bcg->bg", w_out, z) + b_out
+            z = h_head + self.head_evidence[None, :, 0, None] * log_capture[:, None] \
+                + self.head_evidence[None, :, 1, None] * covered[:, None]
+            logits = torch.einsum("c,bcg->bg", w_out, nn.functional.gelu(z)) + b_out
             logits = logits + nn.functional.softplus(self.capture_gain) * log_capture
-            logits = logits.masked_fill(~start_valid, float("-inf"))
-            centre = logits.detach().argmax(-1)  # (B,)
-            win = (centre[:, None] + offsets).clamp(0, g - 1)  # (B, 2w+1)
-            win_logits = torch.gather(logits, 1, win)
-            # Duplicate indices from clamping at the grid edges carry -inf so they are counted once.
-            dup = torch.zeros_like(win, dtype=torch.bool)
-            dup[:, 1:] = win[:, 1:] == win[:, :-1]
-            win_logits = win_logits.masked_fill(dup, float("-inf"))
-            weights = torch.softmax(win_logits, dim=-1)
-            f_k = (weights * freqs[win]).sum(-1)
+            logits = nn.functional.pad(logits.masked_fill(~start_valid, float("-inf")), (w, w), value=float("-inf"))
+            win = logits.detach().argmax(-1, keepdim=True) - w + offsets  # (B, 2w+1) indices into the padded grid
+            weights = torch.softmax(torch.gather(logits, 1, win), dim=-1)
+            f_k = (weights * freqs_padded[win]).sum(-1)
             starts.append(f_k)
             m_k = cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
             residual = residual * (1.0 - m_k)
