@@ -37,9 +37,12 @@ die() { say "ERROR: $*"; for f in "$LOG_DIR"/slurmctld.log "$LOG_DIR"/slurmdbd.l
           [ -f "$f" ] && { say "--- tail $f"; tail -n 15 "$f" >&2; }; done; exit 1; }
 running() { pgrep -x "$1" >/dev/null 2>&1; }
 
+PIDFILES=(/run/slurmctld.pid /run/slurmd-n1.pid /run/slurmd-n2.pid /run/slurmdbd.pid /run/mysqld/mysqld.pid
+          /run/munge/munged.pid)
 if [ "${1:-}" = "--stop" ]; then
-    for p in slurmctld slurmd slurmdbd; do
-        for pid in $(pgrep -x "$p"); do kill "$pid" 2>/dev/null; done
+    # only the daemons this script started, by the pid files it gave them
+    for f in "${PIDFILES[@]}"; do
+        [ -s "$f" ] && kill "$(cat "$f")" 2>/dev/null
     done
     exit 0
 fi
@@ -87,7 +90,8 @@ if [ $need_install = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null 2>&1 || skip "apt-get update failed (no network?)"
     apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge slurmdbd mariadb-server \
-        >/tmp/slurm_cluster_apt.log 2>&1 || { tail -n 20 /tmp/slurm_cluster_apt.log >&2; skip "apt-get install failed"; }
+        >/tmp/slurm_cluster_apt.log 2>&1 \
+        || { tail -n 20 /tmp/slurm_cluster_apt.log >&2; skip "apt-get install failed"; }
 fi
 
 # ---------------------------------------------------------------- munge
@@ -114,7 +118,7 @@ mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
 if ! running mariadbd && ! running mysqld; then
     [ -d /var/lib/mysql/mysql ] || mariadb-install-db --user=mysql --datadir=/var/lib/mysql >/dev/null 2>&1
     (setsid /usr/sbin/mariadbd --user=mysql --datadir=/var/lib/mysql --socket=/run/mysqld/mysqld.sock \
-        --skip-networking=0 --bind-address=127.0.0.1 >/var/log/mariadbd-a2v.log 2>&1 &)
+        --pid-file=/run/mysqld/mysqld.pid --bind-address=127.0.0.1 >/var/log/mariadbd-a2v.log 2>&1 &)
 fi
 for _ in $(seq 100); do mariadb -uroot -e 'select 1' >/dev/null 2>&1 && break; sleep 0.2; done
 mariadb -uroot -e 'select 1' >/dev/null 2>&1 || die "mariadbd did not start (see /var/log/mariadbd-a2v.log)"
@@ -140,6 +144,11 @@ EOF
 chmod 0600 "$CONF_DIR/slurmdbd.conf"
 
 # ---------------------------------------------------------------- slurm.conf
+# Job ids continue where the accounting database stopped when slurmctld's own state is gone (a fresh container
+# beside an old database): a reused id would give sacct, and so submitit, two jobs under one number.
+last_job=$(mariadb -N -uroot -e "SELECT COALESCE(MAX(id_job), 0) FROM slurm_acct_db.${CLUSTER}_job_table" \
+           2>/dev/null || echo 0)
+first_job=$(( ${last_job:-0} + 1 ))
 mem=$(/usr/sbin/slurmd -C 2>/dev/null | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' | head -n1)
 mem=$(( ${mem:-2048} * 9 / 10 ))
 {
@@ -166,6 +175,7 @@ MpiDefault=none
 ReturnToService=2
 MailProg=/bin/true
 JobRequeue=1
+FirstJobId=$first_job
 KillWait=10
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2,bf_interval=2
@@ -176,7 +186,8 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 EOF
     for i in "${!NODES[@]}"; do
-        echo "NodeName=${NODES[$i]} NodeHostname=localhost NodeAddr=127.0.0.1 Port=${PORTS[$i]} CPUs=$CPUS RealMemory=$mem State=UNKNOWN"
+        echo "NodeName=${NODES[$i]} NodeHostname=localhost NodeAddr=127.0.0.1 Port=${PORTS[$i]}" \
+             "CPUs=$CPUS RealMemory=$mem State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP"
 } >"$CONF_DIR/slurm.conf"

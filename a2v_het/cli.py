@@ -1,6 +1,7 @@
 """``a2v-het``: the command line.
 
     a2v-het pretrain RECIPE [key=value ...]        train (or resume) the recipe; the run folder is train.run_dir
+    a2v-het launch RECIPE --nodes N --gpus-per-node G [...] [key=value ...]   the same job through submitit
     a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
     a2v-het export RUN_DIR OUT                     safetensors + config of the latest checkpoint, for fine-tuning
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
@@ -76,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--plot-tag", default="coverage")
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(func=_cmd_coverage)
+
+    from a2v_het.train import launch
+
+    la = sub.add_parser("launch", help="submit a recipe to SLURM through submitit (requeued on time-out and preemption)")
+    launch.add_args(la)
+    la.set_defaults(func=launch.run)
 
     ex = sub.add_parser("export", help="export the latest checkpoint of a run as safetensors + config")
     ex.add_argument("run_dir")

@@ -130,6 +130,7 @@ def dist_env_from(environ: Mapping[str, str] | None = None) -> DistEnv:
       export (rank = SLURM_PROCID, master = first host of SLURM_JOB_NODELIST, port from the job id unless
       MASTER_PORT is set); computed here from the variables, so nothing is exported before init_distributed and
       CUDA_VISIBLE_DEVICES is left alone (DeepSpeed picks the GPU from LOCAL_RANK).
+    - submitit's local executor (``a2v-het launch --cluster local``): its SUBMITIT_LOCAL_* variables, one host.
     - SLURM: one process per srun task (SLURM_STEP_ID is set inside an srun step; the batch shell itself is one
       process). MASTER_ADDR/MASTER_PORT from the environment (slurm/pretrain.sh exports them) or the first host of
       the step's nodelist and a port derived from the job id.
@@ -144,6 +145,11 @@ def dist_env_from(environ: Mapping[str, str] | None = None) -> DistEnv:
         port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else submitit_port(_submitit_job_id(env))
         return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_NTASKS", 1)), int(env.get("SLURM_LOCALID", 0)),
                        master, port, "submitit")
+    if env.get("SUBMITIT_EXECUTOR") == "local" and "SUBMITIT_LOCAL_GLOBALID" in env:
+        job_id = env.get("SUBMITIT_LOCAL_JOB_ID", "")
+        port = int(env["MASTER_PORT"]) if env.get("MASTER_PORT") else submitit_port(job_id)
+        return DistEnv(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env.get("SUBMITIT_LOCAL_NTASKS", 1)),
+                       int(env.get("SUBMITIT_LOCAL_LOCALID", 0)), "127.0.0.1", port, "submitit")
     if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
         ntasks = int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", 1)))
         if ntasks > 1:

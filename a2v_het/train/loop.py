@@ -120,7 +120,8 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg)
 
-    objective = build_objective(cfg).to(device)
+    # A config may bring its own objective (FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective).
+    objective = (cfg.build_objective() if hasattr(cfg, "build_objective") else build_objective(cfg)).to(device)
     optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas, eps=cfg.optim.eps)
     import deepspeed
@@ -188,13 +189,15 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 from a2v_het.model.mixup import bc_mixup
 
                 wave, lengths, _, _ = bc_mixup(wave, lengths, rates, None)
+            extra = objective.batch_inputs(batch, device) if hasattr(objective, "batch_inputs") else {}
             with autocast():
-                loss, logs = engine(wave, rates, lengths, step)
+                loss, logs = engine(wave, rates, lengths, step, **extra)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             if boundary:
                 for group in optimizer.param_groups:
-                    group["lr"] = float(lr_at[min(step, len(lr_at) - 1)])
+                    scale = objective.lr_scale(group, step) if hasattr(objective, "lr_scale") else 1.0
+                    group["lr"] = float(lr_at[min(step, len(lr_at) - 1)]) * scale
             engine.step()
             micro += 1
 
