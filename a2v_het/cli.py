@@ -4,6 +4,9 @@
     a2v-het launch RECIPE --nodes N --gpus-per-node G [...] [key=value ...]   the same job through submitit
     a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
     a2v-het export RUN_DIR OUT                     safetensors + config of the latest checkpoint, for fine-tuning
+    a2v-het finetune RECIPE [key=value ...]        fine-tune a call detector (finetune.init=EXPORT or scratch)
+    a2v-het evaluate --checkpoint C --data DIR     frame mAP, event P/R/F1 (IoU and collar rules), PR-curve PNGs
+    a2v-het predict --checkpoint C IN... --out D   long recordings -> Raven Pro selection tables + events.csv
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
 """
@@ -83,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
     la = sub.add_parser("launch", help="submit a recipe to SLURM through submitit (requeued on time-out and preemption)")
     launch.add_args(la)
     la.set_defaults(func=launch.run)
+
+    from a2v_het.train import finetune as finetune_cmd
+
+    ft = sub.add_parser("finetune", help="fine-tune a call detector (frame-level multi-label) through the training loop")
+    finetune_cmd.add_args(ft)
+    ft.set_defaults(func=finetune_cmd.run)
+    from a2v_het.eval import evaluate as evaluate_cmd
+
+    ev = sub.add_parser("evaluate", help="frame mAP + event P/R/F1 of a fine-tuned detector (thresholds tuned on val)")
+    evaluate_cmd.add_args(ev)
+    ev.set_defaults(func=evaluate_cmd.run)
+    from a2v_het.eval import predict as predict_cmd
+
+    pr = sub.add_parser("predict", help="detect calls in long recordings -> Raven selection tables + events.csv")
+    predict_cmd.add_args(pr)
+    pr.set_defaults(func=predict_cmd.run)
 
     ex = sub.add_parser("export", help="export the latest checkpoint of a run as safetensors + config")
     ex.add_argument("run_dir")

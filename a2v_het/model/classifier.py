@@ -1,0 +1,105 @@
+"""CallDetector: the pretrained student (frontend + token norm/projection + encoder) with a frame-level multi-label
+head at the token rate (animal2vec's fine-tuning head).
+
+    wave --frontend/encoder (Data2VecModel parts, no teacher / decoder)--> mean of the top-K layer outputs
+         --> dropout --> Linear(D -> C) per token --> logits (B, N, C)
+
+Parameter names match the pretraining export (``frontend.*``, ``token_norm.*``, ``token_proj.*``, ``encoder.*``),
+so :meth:`CallDetector.load_pretrained` reads ``model.safetensors`` of ``a2v-het export`` directly; the head is
+``head.*``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from a2v_het.frontend import build_frontend
+from a2v_het.frontend.config import FrontendConfig
+from a2v_het.model.config import ModelConfig
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise sigmoid focal loss (Lin et al. 2017, torchvision's definition); alpha < 0 disables the
+    alpha weighting. Returns a tensor shaped like ``logits`` (fp32)."""
+    logits, targets = logits.float(), targets.float()
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+class CallDetector(nn.Module):
+    def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, num_classes: int, top_k: int = 1,
+                 dropout: float = 0.1, freeze_frontend: bool = False):
+        super().__init__()
+        from a2v_het.model.data2vec import Data2VecModel
+
+        if not 1 <= top_k <= model_cfg.depth:
+            raise ValueError(f"top_k must be in [1, model.depth={model_cfg.depth}], got {top_k}")
+        base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
+        self.cfg = model_cfg
+        self.token_rate = float(frontend_cfg.token_rate)
+        self.frontend = base.frontend
+        self.token_norm = base.token_norm
+        self.token_proj = base.token_proj
+        self.encoder = base.encoder
+        self.top_k = top_k
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(model_cfg.embed_dim, num_classes)
+        self.num_classes = num_classes
+        if freeze_frontend:
+            for p in self.frontend.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        return self.logits(wave, sample_rate, lengths)
+
+    def logits(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """-> logits (B, N, C), padding_mask (B, N) True = pad."""
+        from a2v_het.model.data2vec import Data2VecModel
+
+        tokens, padding_mask, _ = Data2VecModel._tokens(self, wave, sample_rate, lengths)
+        _, layers = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask)
+        x = torch.stack(layers[-self.top_k:], 0).mean(0)
+        return self.head(self.dropout(x)), padding_mask
+
+    @torch.no_grad()
+    def predict_proba(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        logits, pad = self.logits(wave, sample_rate, lengths)
+        return torch.sigmoid(logits.float()), pad
+
+    def backbone_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("head.")]
+
+    def load_pretrained(self, export_dir: str | Path, verbose: bool = True) -> dict[str, list[str]]:
+        """Backbone weights from ``export_dir/model.safetensors`` (or a .safetensors path). Strict: every frontend /
+        token / encoder parameter must be there; pretraining-only keys (decoder, mask embedding) are ignored and
+        the head is new."""
+        from a2v_het.train.checkpoint import load_weights
+
+        path = Path(export_dir)
+        if path.is_dir():
+            path = path / "model.safetensors"
+        state = load_weights(path)
+        own = self.state_dict()
+        backbone = {k for k in own if not k.startswith("head.")}
+        missing = sorted(backbone - state.keys())
+        if missing:
+            raise ValueError(f"{path} lacks {len(missing)} backbone tensors, e.g. {missing[:5]}")
+        shape_bad = [k for k in backbone if tuple(state[k].shape) != tuple(own[k].shape)]
+        if shape_bad:
+            raise ValueError(f"{path}: shape mismatch for {shape_bad[:5]} (different model/frontend config?)")
+        self.load_state_dict({k: state[k] for k in backbone}, strict=False)
+        report = {"new": sorted(k for k in own if k.startswith("head.")),
+                  "ignored": sorted(k for k in state if k not in own)}
+        if verbose:
+            print(f"[a2v-het] loaded {len(backbone)} pretrained tensors from {path}; new: {report['new']}; "
+                  f"ignored {len(report['ignored'])} pretraining-only tensors", flush=True)
+        return report

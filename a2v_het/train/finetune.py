@@ -1,0 +1,275 @@
+"""Fine-tuning for call detection through the pretraining loop (``a2v_het.train.loop.pretrain``).
+
+``FinetuneConfig`` has the pretraining sections plus ``finetune``; its :meth:`FinetuneConfig.build_objective` gives
+the loop a :class:`FinetuneObjective` (a :class:`CallDetector` whose ``forward`` returns the masked frame loss from
+the batch's events), so checkpoints, resume, preemption, logging and export are the pretraining ones. After the
+last step, rank 0 evaluates on the val split (tuning per-class thresholds) and the test split when present and
+writes ``eval.json`` / ``eval.md`` to the run folder.
+
+    a2v-het finetune recipes/finetune/synthetic.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from a2v_het.config import ConfigError
+from a2v_het.frontend.config import FrontendConfig
+from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
+from a2v_het.model.config import ModelConfig
+from a2v_het.train.config import DataConfig, LoggingConfig, OptimConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    init: str = ""
+    """Export folder of a pretrained model (``a2v-het export``); "" = train from scratch. With an init, the model and
+    frontend sections are taken from the export's config.yaml."""
+    classes: tuple[str, ...] = ()
+    """Class names (columns of the head); empty = the manifest's ``classes``."""
+    loss: Literal["focal", "bce"] = "focal"
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    pos_weight: float = 1.0
+    """BCE only: weight of positive frames."""
+    warmup_classifier_steps: int = 0
+    """Steps during which only the head learns (the backbone's lr is scaled to 0)."""
+    freeze_frontend: bool = False
+    top_k: int = 1
+    """Mean of the top-K encoder layer outputs feeds the head."""
+    dropout: float = 0.1
+    bc_mixup: bool = False
+    """Between-class mixup of same-rate clips; the frame targets are the union of both clips' targets."""
+    val_split: str = "val"
+    test_split: str = "test"
+    smooth_s: float = 0.1
+    """Moving-average window of the frame probabilities before thresholding (s)."""
+    min_duration_s: float = 0.0
+    merge_gap_s: float = 0.0
+    match_iou: float = 0.3
+    """IoU threshold of the one-to-one event matching (0 = any overlap)."""
+    collar_s: float = 0.2
+    eval_batch_size: int = 8
+    eval_max_clips: int = 0
+    """0 = the whole split."""
+    eval_plots: int = 4
+    """Example clips plotted (spectrogram + true / predicted events)."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+
+    def validate(self) -> None:
+        if self.train.zero_stage not in (0, 1, 2):
+            raise ConfigError("train.zero_stage must be 0, 1 or 2")
+        if self.data.batch_size < 1 or self.optim.grad_accum < 1 or self.train.max_steps < 1:
+            raise ConfigError("data.batch_size, optim.grad_accum and train.max_steps must be >= 1")
+        if self.data.bc_mixup:
+            raise ConfigError("use finetune.bc_mixup (mixes the targets too), not data.bc_mixup")
+        if not 1 <= self.finetune.top_k <= self.model.depth:
+            raise ConfigError(f"finetune.top_k must be in [1, model.depth={self.model.depth}]")
+
+    def build_objective(self) -> "FinetuneObjective":
+        if not self.finetune.classes:
+            raise ConfigError("finetune.classes is empty: resolve it from the manifest first (finetune() does)")
+        obj = FinetuneObjective(self)
+        if self.finetune.init:
+            obj.load_pretrained(self.finetune.init)
+        return obj
+
+
+class FinetuneObjective(CallDetector):
+    """The loop's objective: ``forward(wave, rates, lengths, step, events=, labelled=)`` -> (loss, logs)."""
+
+    def __init__(self, cfg: FinetuneConfig):
+        f = cfg.finetune
+        super().__init__(cfg.model, cfg.frontend, len(f.classes), f.top_k, f.dropout, f.freeze_frontend)
+        self.classes = list(f.classes)
+        self.ft = f
+
+    # ---- loop hooks
+    def batch_inputs(self, batch: dict, device: torch.device) -> dict:
+        return {"events": batch["events"], "labelled": batch["labelled"]}
+
+    def lr_scale(self, group: dict, step: int) -> float:
+        return 0.0 if group.get("name") == "backbone" and step < self.ft.warmup_classifier_steps else 1.0
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        groups = []
+        for name, params in (("backbone", self.backbone_parameters()), ("head", list(self.head.parameters()))):
+            params = [p for p in params if p.requires_grad]
+            groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, "name": name})
+            groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": name})
+        return [g for g in groups if g["params"]]
+
+    def ema_step(self, step: int) -> float:
+        return 0.0
+
+    def check_collapse(self, logs: dict, step: int) -> None:
+        return None
+
+    # ---- loss
+    def frame_targets(self, events: list, n_frames: int, device: torch.device) -> Tensor:
+        from a2v_het.data.targets import events_to_frame_targets
+        import numpy as np
+
+        t = np.stack([events_to_frame_targets(ev, self.classes, n_frames, self.token_rate, unknown="ignore")
+                      for ev in events]) if events else np.zeros((0, n_frames, len(self.classes)), np.float32)
+        return torch.from_numpy(t).to(device)
+
+    def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0, events: list | None = None,
+                labelled=None) -> tuple[Tensor, dict]:
+        b = wave.shape[0]
+        events = events if events is not None else [[] for _ in range(b)]
+        labelled = torch.as_tensor(labelled if labelled is not None else [True] * b, dtype=torch.bool,
+                                   device=wave.device)
+        partner = None
+        if self.ft.bc_mixup and self.training:
+            from a2v_het.model.mixup import bc_mixup
+
+            wave, lengths, partner, _ = bc_mixup(wave, lengths, sample_rate, None)
+        logits, pad = self.logits(wave, sample_rate, lengths)
+        targets = self.frame_targets(events, logits.shape[1], logits.device)
+        valid = ~pad & labelled[:, None]
+        if partner is not None:
+            targets = torch.maximum(targets, targets[partner])
+            valid = valid & labelled[partner][:, None]
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            lf = logits.float()
+            if self.ft.loss == "focal":
+                per = sigmoid_focal_loss(lf, targets, self.ft.focal_alpha, self.ft.focal_gamma)
+            else:
+                pw = torch.full((lf.shape[-1],), self.ft.pos_weight, device=lf.device)
+                per = torch.nn.functional.binary_cross_entropy_with_logits(lf, targets, reduction="none",
+                                                                           pos_weight=pw)
+            m = valid.float()[..., None]
+            n = valid.sum().clamp_min(1)
+            loss = (per * m).sum() / n  # summed over classes, mean over valid frames
+            logs = {"loss": loss.detach(), "tokens": (~pad).sum().float(),
+                    "pos_frac": ((targets * m).sum() / (n * max(len(self.classes), 1))).detach(),
+                    "labelled_frac": labelled.float().mean()}
+        return loss, logs
+
+
+# ---------------------------------------------------------------------------------------------------- running
+def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Classes from the manifest when not given; model/frontend from the init export's config.yaml."""
+    from a2v_het.config import config_from_dict
+    import yaml
+
+    f = cfg.finetune
+    if f.init:
+        export_cfg = Path(f.init) / "config.yaml"
+        if not export_cfg.is_file():
+            raise ConfigError(f"finetune.init={f.init!r} has no config.yaml (make it with `a2v-het export`)")
+        tree = yaml.safe_load(export_cfg.read_text())
+        tree = {k: v for k, v in tree.items() if k in ("frontend", "model")}
+        from a2v_het.train.config import PretrainConfig
+
+        pre = config_from_dict(PretrainConfig, tree)
+        cfg = dataclasses.replace(cfg, model=pre.model, frontend=pre.frontend)
+    if not f.classes:
+        from a2v_het.data.manifest import read_manifest
+        from a2v_het.train.loop import ensure_shards
+
+        if _rank() == 0:
+            ensure_shards(cfg, True)  # the process group is not up yet: the other ranks wait for the manifest
+        else:
+            _wait_for(Path(cfg.data.shards) / "manifest.json")
+        classes = tuple(read_manifest(cfg.data.shards)["classes"])
+        if not classes:
+            raise ConfigError(f"the manifest of {cfg.data.shards} lists no classes; set finetune.classes")
+        cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(f, classes=classes))
+    return cfg
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    from a2v_het.train.distributed import dist_env_from
+
+    return dist_env_from().rank
+
+
+def _wait_for(path: Path, timeout_s: float = 3600.0) -> None:
+    import time
+
+    t0 = time.time()
+    while not path.is_file():
+        if time.time() - t0 > timeout_s:
+            raise FileNotFoundError(f"{path} did not appear within {timeout_s:.0f} s")
+        time.sleep(2.0)
+
+
+def finetune(cfg: FinetuneConfig, evaluate: bool = True) -> Path:
+    from a2v_het.train.checkpoint import checkpoint_root, latest_tag
+    from a2v_het.train.loop import eval_shards, pretrain
+
+    cfg = resolve_config(cfg)
+    cfg.validate()
+    run_dir = pretrain(cfg)
+    tag = latest_tag(run_dir)
+    finished = tag is not None and int(json.loads((checkpoint_root(run_dir) / tag / "COMPLETE").read_text())["step"]) \
+        >= cfg.train.max_steps
+    if evaluate and finished and _rank() == 0:
+        from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
+        from a2v_het.config import atomic_write_text
+
+        data_dir = cfg.data.shards
+        from a2v_het.data.manifest import read_manifest
+
+        splits = read_manifest(data_dir).get("splits", {})
+        val_dir = data_dir if cfg.finetune.val_split in splits else eval_shards(cfg)
+        report = evaluate_checkpoint(run_dir, data_dir, split=cfg.finetune.test_split, val_split=cfg.finetune.val_split,
+                                     val_data=val_dir, plot_dir=run_dir / "plots")
+        atomic_write_text(run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(run_dir / "eval.md", format_report(report) + "\n")
+        print(format_report(report), flush=True)
+    return run_dir
+
+
+def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
+    from a2v_het.config import load_config
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return finetune(load_config(FinetuneConfig, recipe, overrides))
+
+
+def add_args(parser) -> None:
+    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/finetune/synthetic.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.init=exports/base")
+
+
+def run(args) -> int:
+    try:
+        run_dir = main_from_cli(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"a2v-het finetune: {e}", file=sys.stderr)
+        return 2
+    print(f"[a2v-het] run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(prog="a2v-het finetune")
+    add_args(p)
+    sys.exit(run(p.parse_args()))
