@@ -9,6 +9,7 @@
     a2v-het predict --checkpoint C IN... --out D   long recordings -> Raven Pro selection tables + events.csv
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
+    a2v-het bench data [--json]                    loader audio s/s per worker (shard -> batch), sharding h/min
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bsub.add_parser("step", help="data2vec training step: heterodyne vs conv frontend, same encoder")
     bench_step.add_args(bs)
     bs.set_defaults(func=_cmd_bench, bench_run=bench_step.run)
+    from a2v_het.bench import data as bench_data
+
+    bd = bsub.add_parser("data", help="data loading: shard -> batch audio s/s per worker; sharding rate in h/min")
+    bench_data.add_args(bd)
+    bd.set_defaults(func=_cmd_bench, bench_run=bench_data.run)
     return p
 
 

@@ -323,12 +323,17 @@ class ShardFile:
         """Bytes written so far (the end-of-archive blocks come on finish)."""
         return self._fileobj.tell()
 
-    def write(self, sample_audio: np.ndarray, sample_rate: int, fields: Mapping[str, Any]) -> str:
-        """Append one sample (see :meth:`ShardWriter.write`); returns its key. ValueError on bad input or a key
-        already in this shard; nothing is added then."""
+    def write(self, sample_audio: np.ndarray, sample_rate: int, fields: Mapping[str, Any],
+              subtype: str | None = None) -> str:
+        """Append one sample (see :meth:`ShardWriter.write`); returns its key. ``subtype`` overrides the shard's
+        FLAC sample format for this sample. ValueError on bad input or a key already in this shard; nothing is
+        added then."""
         if self._tar is None:
             raise RuntimeError(f"shard {self.final.name} is closed")
-        key, info, flac, payload = encode_sample(sample_audio, sample_rate, fields, self.subtype, self.classes)
+        subtype = subtype or self.subtype
+        if subtype not in SUBTYPES:
+            raise ValueError(f"subtype must be one of {SUBTYPES}, got {subtype!r}")
+        key, info, flac, payload = encode_sample(sample_audio, sample_rate, fields, subtype, self.classes)
         if key in self._keys:
             raise ValueError(f"duplicate sample key {key!r} (recording_id/channel/offset_s must be unique)")
         self.add_encoded(key, info, flac, payload)

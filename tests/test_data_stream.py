@@ -83,6 +83,25 @@ def corrupt_shard(shards, tmp_path_factory):
     return str(path), {name[: -len(".flac")] for name, _ in good if name.endswith(".flac")}
 
 
+@pytest.fixture(scope="module")
+def truncated_shard(shards, tmp_path_factory):
+    """One shard: 6 good samples plus 2 whose FLAC lies about its length: the first half of a FLAC member (cut
+    mid-stream, as a truncated copy leaves it), and a complete FLAC shorter than the JSON's duration_s."""
+    folder, _ = shards
+    good = _members(folder / read_manifest(folder)["splits"]["train"]["shards"][0])[:12]
+    flac, info = good[0][1], good[1][1]
+    audio, sr = sf.read(io.BytesIO(flac), dtype="float32")
+    short = io.BytesIO()
+    sf.write(short, audio[: len(audio) // 2], sr, format="FLAC", subtype="PCM_16")
+    members = good[:6] + [
+        ("cut_c0_000000000.flac", flac[: len(flac) // 2]), ("cut_c0_000000000.json", info),
+        ("short_c0_000000000.flac", short.getvalue()), ("short_c0_000000000.json", info),
+    ] + good[6:]
+    path = tmp_path_factory.mktemp("truncated") / "truncated-train-000000.tar"
+    _write_tar(path, members)
+    return str(path), {name[: -len(".flac")] for name, _ in good if name.endswith(".flac")}
+
+
 def _collect(loader):
     return list(loader)
 
@@ -218,6 +237,23 @@ def test_eval_loader_keeps_clips_whole_or_cuts_from_start(shards):
             assert torch.equal(batch["wave"][b, :n], whole[key][:n])
 
 
+def test_worker_batches_equal_main_process_batches(shards):
+    """Worker processes collate into shared memory: the same clips, the same zero padding as in-process."""
+    folder, _ = shards
+    per_mode = []
+    for num_workers in (0, 2):
+        clips = {}
+        for batch in make_eval_loader(folder, batch_size=5, num_workers=num_workers, split="train", rank=0,
+                                      world_size=1):
+            for b, key in enumerate(batch["keys"]):
+                clips[key] = (batch["wave"][b].clone(), int(batch["lengths"][b]))
+        per_mode.append(clips)
+    assert per_mode[0].keys() == per_mode[1].keys()
+    for key, (wave, length) in per_mode[1].items():
+        assert length == per_mode[0][key][1]
+        assert torch.equal(wave[:length], per_mode[0][key][0][:length]) and not wave[length:].any()
+
+
 def test_eval_loader_counts_each_corrupt_sample_once(corrupt_shard):
     path, good_keys = corrupt_shard
     for world_size, num_workers in ((1, 0), (2, 2)):
@@ -225,6 +261,19 @@ def test_eval_loader_counts_each_corrupt_sample_once(corrupt_shard):
         keys = [k for ks in per_rank for k in ks]
         assert sorted(keys) == sorted(good_keys)
         assert skipped == 3
+
+
+def test_truncated_flac_members_are_skipped_and_counted(truncated_shard):
+    path, good_keys = truncated_shard
+    for world_size, num_workers in ((1, 0), (2, 2)):
+        per_rank, skipped = _eval_keys([path], world_size, num_workers)
+        assert sorted(k for ks in per_rank for k in ks) == sorted(good_keys)
+        assert skipped == 2
+    loader = make_train_loader([path], batch_size=2, duration_s=0.3, num_workers=0, seed=0, samples_per_epoch=12,
+                               rank=0, world_size=1, shuffle_buffer=0)
+    batches = _collect(loader)
+    assert {k for batch in batches for k in batch["keys"]} <= good_keys
+    assert sum(batch["num_skipped"] for batch in batches) >= 2
 
 
 def test_eval_partition_covers_every_sample_once():
@@ -334,3 +383,29 @@ def test_events_to_frame_targets_hand_made_case():
         events_to_frame_targets([{"onset_s": 0, "offset_s": 1, "label": "bark"}], classes, 10, 10.0)
     assert events_to_frame_targets([{"onset_s": 0, "offset_s": 1, "label": "bark"}], classes, 10, 10.0,
                                    unknown="ignore").sum() == 0
+
+
+# --- bench -----------------------------------------------------------------------------------------------------------
+
+
+def test_bench_data_reports_loader_and_sharding_rates(tmp_path, capsys):
+    import argparse
+
+    from a2v_het.bench.data import add_args, format_markdown, run
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--clips", "12", "--clip-s", "1", "--rates", "8000,48000", "--crop-s", "0.5",
+                              "--batch-size", "2", "--batches", "3", "--workers", "0,1", "--shard-files", "2",
+                              "--shard-minutes", "0.1", "--shard-workers", "1", "--tmp-dir", str(tmp_path)])
+    result = run(args)
+    assert [r["workers"] for r in result["loader"]] == [0, 1]
+    for row in result["loader"]:
+        assert row["audio_s"] == pytest.approx(3 * 2 * 0.5)  # every clip cropped to 0.5 s
+        assert sum(row["audio_s_by_rate"].values()) == pytest.approx(row["audio_s"])
+        assert row["audio_s_per_s"] > 0
+    assert result["sharding"]["hours"] == pytest.approx(2 * 6 / 3600) and result["sharding"]["shards"] >= 1
+    assert list(tmp_path.iterdir()) == []  # temporary data removed
+    assert "x real time" in capsys.readouterr().out
+    markdown = format_markdown(result)
+    assert markdown.count("\n| ") == 3 and "h of audio per minute" in markdown

@@ -165,7 +165,7 @@ def test_write_synth_shards_is_byte_identical_and_labelled(tmp_path):
                   command="test")
     m1 = write_synth_shards(tmp_path / "a", **kwargs)
     m2 = write_synth_shards(tmp_path / "b", workers=2, **kwargs)
-    m3 = write_synth_shards(tmp_path / "c", **{**kwargs, "seed": 4})
+    write_synth_shards(tmp_path / "c", **{**kwargs, "seed": 4})
     assert m1.read_bytes() == m2.read_bytes()
     man1, man3 = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "c")
     for shard in man1["sha256"]:

@@ -40,9 +40,7 @@ def collate_audio(samples: Sequence[dict[str, Any]], num_skipped: int = 0) -> di
             raise ValueError(f"sample {s.get('key')!r}: wave must be 1-D (T,), got shape {w.shape}")
     lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.int64)
     sample_rate = torch.tensor([int(s["sample_rate"]) for s in samples], dtype=torch.int64)
-    batch = torch.zeros(len(waves), int(lengths.max()), dtype=torch.float32)
-    for b, w in enumerate(waves):
-        batch[b, : w.shape[0]] = torch.from_numpy(w)
+    batch = _padded(waves, int(lengths.max()))
     return {
         "wave": batch,
         "lengths": lengths,
@@ -54,6 +52,28 @@ def collate_audio(samples: Sequence[dict[str, Any]], num_skipped: int = 0) -> di
         "meta": [dict(s.get("meta", {})) for s in samples],
         "num_skipped": int(num_skipped),
     }
+
+
+def _padded(waves: Sequence[np.ndarray], width: int) -> Tensor:
+    """(B, width) float32: row b is ``waves[b]`` followed by zeros.
+
+    In the main process the buffer is numpy zeros (calloc: the padding stays the kernel's zero page until written,
+    where torch.zeros writes every byte first; a 96 kHz clip pads 8 kHz rows 12x). In a DataLoader worker it is
+    allocated in shared memory, as torch's own default_collate does, so handing the batch to the main process does
+    not copy it into shared memory a second time; each byte is then written once (copy or zero).
+    """
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # private API: fall back if a release drops it
+    if torch.utils.data.get_worker_info() is None or new_shared is None:
+        padded = np.zeros((len(waves), width), dtype=np.float32)
+        for b, w in enumerate(waves):
+            padded[b, : w.shape[0]] = w
+        return torch.from_numpy(padded)
+    storage = new_shared(len(waves) * width * 4)
+    batch = torch.empty(0, dtype=torch.float32).set_(storage, 0, (len(waves), width), (width, 1))
+    for b, w in enumerate(waves):
+        batch[b, : w.shape[0]] = torch.from_numpy(w)
+        batch[b, w.shape[0] :] = 0.0
+    return batch
 
 
 def znorm(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:

@@ -67,8 +67,8 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
     Returns: dict with ``key`` (str), ``wave`` float32 (T,), ``sample_rate`` (int, Hz), ``events`` (list of dicts,
         seconds from the clip start), ``labelled`` (bool), ``meta`` (dict: the JSON ``meta`` plus ``recording_id``,
         ``group``, ``offset_s`` and ``channel`` of the sample).
-    Raises: CorruptSampleError naming the key: missing member, bad JSON, undecodable FLAC, or a JSON ``sample_rate``
-        that disagrees with the FLAC header.
+    Raises: CorruptSampleError naming the key: missing member, bad JSON, undecodable or truncated FLAC, or a JSON
+        ``sample_rate`` or ``duration_s`` that disagrees with the FLAC (by more than one sample).
     """
     key = raw.get("__key__", "?")
     missing = [m for m in ("flac", "json") if m not in raw]
@@ -87,6 +87,11 @@ def decode_sample(raw: dict[str, Any]) -> dict[str, Any]:
         raise CorruptSampleError(f"sample {key!r}: {exc}") from exc
     if info.get("sample_rate") != sample_rate:
         raise CorruptSampleError(f"sample {key!r}: JSON sample_rate {info.get('sample_rate')!r} != FLAC {sample_rate}")
+    duration_s = info.get("duration_s")
+    if isinstance(duration_s, (int, float)) and abs(duration_s * sample_rate - wave.shape[0]) > 1.0:
+        # a FLAC cut short (or padded) in a way the decoder did not notice: its events would be misplaced
+        raise CorruptSampleError(f"sample {key!r}: {wave.shape[0]} samples decoded, JSON duration_s {duration_s} "
+                                 f"s at {sample_rate} Hz says {duration_s * sample_rate:.0f}")
     events = _checked_events(info.get("events", []), key)
     meta = dict(info.get("meta") or {})
     for field in ("recording_id", "group", "offset_s", "channel"):

@@ -1,0 +1,140 @@
+"""Real recordings end to end: pykanto's bundled birds (22.05, 32, 44.1, 48 kHz; mono and stereo) with their Sonic
+Visualiser boxes -> annotations table -> shards -> plain webdataset, sample-exact; and the evaluation stream.
+
+The audio is read where pip installed it (``pip install --no-deps pykanto==0.1.8``; never let pip resolve pykanto's
+dependencies, they pin an old numpy) and never copied into the repository: some files are CC BY-NC-ND.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import io
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import webdataset as wds
+
+from a2v_het.data.stream import make_eval_loader
+from data_tools.annotations import read_table
+from data_tools.cli import main as cli_main
+from data_tools.shard_writer import read_manifest
+
+WINDOW_S = 4
+
+
+@pytest.fixture(scope="module")
+def pykanto_data() -> Path:
+    try:
+        dist = importlib.metadata.distribution("pykanto")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("pykanto is not installed (real-audio test data): pip install --no-deps pykanto==0.1.8")
+    root = Path(dist.locate_file("pykanto/data"))
+    if not (root / "raw").is_dir():
+        pytest.skip(f"pykanto {dist.version} has no bundled recordings at {root}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sharded(pykanto_data, tmp_path_factory):
+    """SV XML -> table (``--on-error skip``) -> shards split 60/20/20; returns (out, table, annotations stderr)."""
+    tmp = tmp_path_factory.mktemp("pykanto")
+    table = tmp / "table.csv"
+    capture = io.StringIO()
+    with contextlib.redirect_stderr(capture):
+        code = cli_main(["annotations", str(pykanto_data / "raw"), "--format", "sonic-visualiser", "--audio-dir",
+                         str(pykanto_data), "--out", str(table), "--on-error", "skip"])
+    assert code == 3  # one real box in XC663885.xml reaches below 0 Hz: reported, skipped
+    out = tmp / "shards"
+    assert cli_main(["shard", str(pykanto_data), str(out), "--annotations", str(table), "--window-s", str(WINDOW_S),
+                     "--split", "0.6,0.2,0.2", "--shard-mb", "1", "--workers", "2", "--quiet"]) == 0
+    return out, table, capture.getvalue()
+
+
+def _samples(out: Path) -> dict[str, tuple[np.ndarray, int, dict, str]]:
+    """Plain webdataset + soundfile, no project code: key -> (int16 audio, rate, json, split)."""
+    found = {}
+    for split, info in read_manifest(out, verify=True)["splits"].items():
+        urls = [str(out / name) for name in info["shards"]]
+        for s in wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False):
+            audio, rate = sf.read(io.BytesIO(s["flac"]), dtype="int16")
+            found[s["__key__"]] = (audio, rate, json.loads(s["json"]), split)
+    return found
+
+
+def test_sv_annotations_use_the_audio_rate_and_report_bad_boxes(pykanto_data, sharded):
+    _, table, stderr = sharded
+    assert "XC663885.xml: point 1: low frequency -379.953 Hz is negative" in stderr
+    files = read_table(table)
+    assert len(files) == 5 and sum(len(f.events) for f in files.values()) == 17
+    am = files["raw/AM/20210502_040000.WAV"].events  # 48 kHz audio, XML says 44100: frames are 48 kHz frames
+    assert am[0]["onset_s"] == 1200 / 48000 and am[-1]["offset_s"] == (37600 + 8800) / 48000
+    assert am[-1]["offset_s"] <= sf.info(str(pykanto_data / "raw/AM/20210502_040000.WAV")).duration
+    finch = files["raw/BENGALESE_FINCH/bird_3/348.wav"].events  # 32 kHz
+    assert finch == [{"onset_s": 27520 / 32000, "offset_s": (27520 + 679040) / 32000, "label": "event",
+                      "low_hz": 448.616, "high_hz": 14782.716}]
+
+
+def test_every_window_is_sample_exact_with_its_events(pykanto_data, sharded):
+    out, table, _ = sharded
+    samples = _samples(out)
+    files = read_table(table)
+    expected_keys = 0
+    rates = Counter()
+    for audio_path in sorted(pykanto_data.rglob("*")):
+        if audio_path.suffix.lower() != ".wav":
+            continue
+        info = sf.info(str(audio_path))
+        expected_keys += math.ceil(info.frames / (WINDOW_S * info.samplerate)) * info.channels
+        rates[info.samplerate] += 1
+    assert sorted(rates) == [22050, 32000, 44100, 48000] and sum(rates.values()) == 25
+    assert len(samples) == expected_keys
+
+    sources: dict[str, np.ndarray] = {}
+    labelled = set()
+    for key, (audio, rate, info, split) in samples.items():
+        source = info["source"]
+        if source not in sources:
+            sources[source] = sf.read(str(pykanto_data / source), dtype="int16", always_2d=True)[0]
+        start = round(info["offset_s"] * rate)
+        reference = sources[source][start : start + WINDOW_S * rate, info["channel"]]
+        np.testing.assert_array_equal(audio, reference, err_msg=key)  # PCM_16 sources: bit-exact
+        assert rate == info["sample_rate"] == info["meta"]["source_sample_rate"]
+        assert info["duration_s"] == len(reference) / rate
+        assert info["labelled"] == (source in files)
+        # events: the table's events of this file that overlap the window, in window time, clipped to it
+        t0, t1 = info["offset_s"], info["offset_s"] + info["duration_s"]
+        want = [(max(e["onset_s"], t0) - t0, min(e["offset_s"], t1) - t0, e["low_hz"], e["high_hz"])
+                for e in (files[source].events if source in files else [])
+                if e["onset_s"] < t1 and e["offset_s"] > t0]
+        got = [(e["onset_s"], e["offset_s"], e["low_hz"], e["high_hz"]) for e in info["events"]]
+        assert got == pytest.approx(want, abs=1e-9), key
+        if info["labelled"]:
+            labelled.add(source)
+    assert labelled == set(files)
+    # a group is one recording here: each recording's windows sit in one split
+    splits = {}
+    for _, _, info, split in samples.values():
+        assert splits.setdefault(info["recording_id"], split) == split
+    assert len(set(splits.values())) == 3
+
+
+def test_eval_stream_two_ranks_two_workers_reads_each_sample_once(sharded):
+    out, _, _ = sharded
+    manifest = read_manifest(out)
+    for split, info in manifest["splits"].items():
+        keys = Counter()
+        skipped = 0
+        for rank in range(2):
+            loader = make_eval_loader(out, batch_size=4, num_workers=2, split=split, rank=rank, world_size=2)
+            for batch in loader:
+                keys.update(batch["keys"])
+                skipped += batch["num_skipped"]
+                assert batch["wave"].shape[0] == len(batch["keys"]) == batch["lengths"].shape[0]
+        assert sum(keys.values()) == info["samples"] == len(keys) and set(keys.values()) == {1}, split
+        assert skipped == 0
