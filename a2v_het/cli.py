@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -130,14 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "DS_ACCELERATOR" not in os.environ:
-        try:
-            import torch
+    from a2v_het.train.distributed import default_to_cpu_accelerator
 
-            if not torch.cuda.is_available():
-                os.environ["DS_ACCELERATOR"] = "cpu"
-        except ImportError:
-            pass
+    default_to_cpu_accelerator()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -172,3 +172,9 @@ def init_distributed(dist: DistEnv) -> str:
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     return backend
+
+
+def default_to_cpu_accelerator() -> None:
+    """DeepSpeed reads DS_ACCELERATOR when it is first imported: on a machine without a GPU it must say cpu."""
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"

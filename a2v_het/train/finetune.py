@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,8 @@ import torch
 from torch import Tensor
 
 from a2v_het.config import ConfigError
-from a2v_het.frontend.config import FrontendConfig
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
-from a2v_het.model.config import ModelConfig
-from a2v_het.train.config import DataConfig, LoggingConfig, OptimConfig, TrainConfig
+from a2v_het.train.config import PretrainConfig
 
 
 @dataclass(frozen=True)
@@ -66,20 +63,13 @@ class FinetuneSection:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    frontend: FrontendConfig = field(default_factory=FrontendConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+class FinetuneConfig(PretrainConfig):
+    """The pretraining sections (data, frontend, model, optim, train, logging) plus ``finetune``."""
+
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        if self.train.zero_stage not in (0, 1, 2):
-            raise ConfigError("train.zero_stage must be 0, 1 or 2")
-        if self.data.batch_size < 1 or self.optim.grad_accum < 1 or self.train.max_steps < 1:
-            raise ConfigError("data.batch_size, optim.grad_accum and train.max_steps must be >= 1")
+        super().validate()
         if self.data.bc_mixup:
             raise ConfigError("use finetune.bc_mixup (mixes the targets too), not data.bc_mixup")
         if not 1 <= self.finetune.top_k <= self.model.depth:
@@ -180,7 +170,6 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
             raise ConfigError(f"finetune.init={f.init!r} has no config.yaml (make it with `a2v-het export`)")
         tree = yaml.safe_load(export_cfg.read_text())
         tree = {k: v for k, v in tree.items() if k in ("frontend", "model")}
-        from a2v_het.train.config import PretrainConfig
 
         pre = config_from_dict(PretrainConfig, tree)
         cfg = dataclasses.replace(cfg, model=pre.model, frontend=pre.frontend)
@@ -246,9 +235,9 @@ def finetune(cfg: FinetuneConfig, evaluate: bool = True) -> Path:
 
 def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
     from a2v_het.config import load_config
+    from a2v_het.train.distributed import default_to_cpu_accelerator
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    default_to_cpu_accelerator()
     return finetune(load_config(FinetuneConfig, recipe, overrides))
 
 

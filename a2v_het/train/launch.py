@@ -182,14 +182,9 @@ def launch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "DS_ACCELERATOR" not in os.environ:
-        try:
-            import torch
+    from a2v_het.train.distributed import default_to_cpu_accelerator
 
-            if not torch.cuda.is_available():
-                os.environ["DS_ACCELERATOR"] = "cpu"
-        except ImportError:
-            pass
+    default_to_cpu_accelerator()
     return launch(build_parser().parse_intermixed_args(argv))
 
 

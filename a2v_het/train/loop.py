@@ -9,7 +9,6 @@ agree on at the next step; they then save together and exit.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import time
 from pathlib import Path
@@ -337,7 +336,8 @@ def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, l
 def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
     from a2v_het.config import load_config
 
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from a2v_het.train.distributed import default_to_cpu_accelerator
+
+    default_to_cpu_accelerator()
     cfg = load_config(PretrainConfig, recipe, overrides)
     return pretrain(cfg)
