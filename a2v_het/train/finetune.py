@@ -238,7 +238,11 @@ def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
     from a2v_het.train.distributed import default_to_cpu_accelerator
 
     default_to_cpu_accelerator()
-    return finetune(load_config(FinetuneConfig, recipe, overrides))
+    run_dir = finetune(load_config(FinetuneConfig, recipe, overrides))
+    from a2v_het.train.loop import shutdown_distributed
+
+    shutdown_distributed()
+    return run_dir
 
 
 def add_args(parser) -> None:

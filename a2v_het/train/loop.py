@@ -340,4 +340,14 @@ def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
 
     default_to_cpu_accelerator()
     cfg = load_config(PretrainConfig, recipe, overrides)
-    return pretrain(cfg)
+    run_dir = pretrain(cfg)
+    shutdown_distributed()
+    return run_dir
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down while every rank is still alive: left to interpreter exit, gloo's threads can
+    abort the process ("terminate called without an active exception") after the run has finished."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
