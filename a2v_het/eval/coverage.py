@@ -176,19 +176,11 @@ def load_frontend(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """A frontend from an export folder (config.yaml + model.safetensors) or a run folder (its ``latest``)."""
     from a2v_het.config import config_from_dict
     from a2v_het.frontend import build_frontend
-    from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights
+    from a2v_het.train.checkpoint import load_weights, resolve_weights
     from a2v_het.train.config import PretrainConfig
     import yaml
 
-    path = Path(checkpoint)
-    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
-        weights, config_path = path / "model.safetensors", path / "config.yaml"
-    else:
-        tag = latest_tag(path)
-        if tag is None:
-            raise FileNotFoundError(f"{path} is neither an export folder (config.yaml + model.safetensors) nor a run "
-                                    "folder with a complete checkpoint")
-        weights, config_path = checkpoint_root(path) / tag / "model.safetensors", path / "config.yaml"
+    weights, config_path = resolve_weights(checkpoint)
     cfg = config_from_dict(PretrainConfig, yaml.safe_load(config_path.read_text()))
     frontend = build_frontend(cfg.frontend)
     state = load_weights(weights, prefix="frontend.")

@@ -25,17 +25,10 @@ def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu"):
 
     from a2v_het.config import config_from_dict
     from a2v_het.model.classifier import CallDetector
-    from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights
+    from a2v_het.train.checkpoint import load_weights, resolve_weights
     from a2v_het.train.finetune import FinetuneConfig
 
-    path = Path(checkpoint)
-    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
-        weights, config_path = path / "model.safetensors", path / "config.yaml"
-    else:
-        tag = latest_tag(path)
-        if tag is None:
-            raise FileNotFoundError(f"{path} is neither an export folder nor a run folder with a complete checkpoint")
-        weights, config_path = checkpoint_root(path) / tag / "model.safetensors", path / "config.yaml"
+    weights, config_path = resolve_weights(checkpoint)
     tree = yaml.safe_load(config_path.read_text())
     if "finetune" not in tree:
         raise ValueError(f"{config_path} is not a fine-tuning config (no 'finetune' section)")

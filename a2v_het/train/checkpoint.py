@@ -85,3 +85,15 @@ def load_weights(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
     if not prefix:
         return tensors
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def resolve_weights(checkpoint: str | Path) -> tuple[Path, Path]:
+    """(model.safetensors, config.yaml) of an export folder, or of a run folder's ``latest`` checkpoint."""
+    path = Path(checkpoint)
+    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
+        return path / "model.safetensors", path / "config.yaml"
+    tag = latest_tag(path)
+    if tag is None:
+        raise FileNotFoundError(f"{path} is neither an export folder (config.yaml + model.safetensors) nor a run "
+                                "folder with a complete checkpoint")
+    return checkpoint_root(path) / tag / "model.safetensors", path / "config.yaml"
