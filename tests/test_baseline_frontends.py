@@ -171,8 +171,8 @@ def test_mel_filterbank_matches_numpy_reference():
 
 def test_default_filterbank_has_no_empty_filter(lm_fe):
     # The lowest HTK filters are ~27 Hz apart, narrower than the 40 Hz grid; each must still catch a bin.
-    assert lm_fe.fbank.shape == (128, 2401)
-    assert (lm_fe.fbank.sum(1) > 0).all()
+    assert lm_fe.spectrogram.fbank.shape == (128, 2401)
+    assert (lm_fe.spectrogram.fbank.sum(1) > 0).all()
 
 
 def test_token_count_formula():
@@ -233,12 +233,12 @@ def test_logmel_same_content_same_features_across_rates(lm_fe):
         t = torch.arange(sr, dtype=torch.float64) / sr  # float64 phase: float32 phase noise fills empty filters
         wave = (0.3 * torch.sin(2 * math.pi * 1000.0 * t) + 0.1 * torch.sin(2 * math.pi * 3000.0 * t))[None].float()
         feats[sr] = bare_log_mel(wave, _t(sr), _t(sr), lm_fe.cfg)[0]
-    below = (lm_fe.upper_edge_hz <= 8000).nonzero().flatten()
+    below = (lm_fe.spectrogram.upper_edge_hz <= 8000).nonzero().flatten()
     # Interior frames only: the first/last window straddles the clip's hard edge, whose broadband click aliases
     # differently at 16 and 48 kHz (that difference is real content, not a frontend artefact).
     torch.testing.assert_close(feats[16000][below, 1:-1], feats[48000][below, 1:-1], rtol=0, atol=1e-2)
     assert feats[16000][below, 1:-1].max() > math.log(LOG_EPS) + 15  # the tones are really there
-    above = lm_fe.upper_edge_hz > 8000
+    above = lm_fe.spectrogram.upper_edge_hz > 8000
     assert torch.all(feats[16000][above] == math.log(LOG_EPS))
 
 
@@ -247,7 +247,7 @@ def test_logmel_filters_above_nyquist_are_silent(lm_fe):
     for sr in (8000, 22050, 96000):
         wave = torch.randn(1, sr) * 0.3
         lm = bare_log_mel(wave, _t(sr), _t(sr), lm_fe.cfg)[0]  # (M, N)
-        above = lm_fe.upper_edge_hz > sr / 2
+        above = lm_fe.spectrogram.upper_edge_hz > sr / 2
         assert above.any()
         assert torch.all(lm[above] == math.log(LOG_EPS)), sr
         assert lm[~above].min() > math.log(LOG_EPS) + 5, sr  # white noise fills every filter below the Nyquist

@@ -78,9 +78,50 @@ class LogMelConfig:
     """Top of the mel scale (absolute Hz). Filters above a clip's Nyquist are zero for that clip."""
 
 
+# ------------------------------------------------------------------------------------------ frontend zoo
+# Each zoo frontend owns one dataclass below (fields added by its module's author); every one of them produces
+# tokens at FrontendConfig.token_rate at every input sample rate.
+
+
+@dataclass(frozen=True)
+class SincNetConfig:
+    """SincNet band-pass stem (animal2vec) followed by its conv stack; see a2v_het/frontend/sincnet.py."""
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class GaborStrfConfig:
+    """Learnable spectro-temporal Gabor filters on a log-mel spectrogram (Riad et al.); see gabor_strf.py."""
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class LogMelPatchConfig:
+    """AST-style log-mel + patch embedding; see logmel_patch.py."""
+
+    def validate(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class AaPEConfig:
+    """AaPE-style adaptive stem (adaptive complex-sinusoid kernels fused with log-mel patch tokens); see aape.py."""
+
+    def validate(self) -> None:
+        return None
+
+
+FRONTEND_NAMES = ("heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape")
+"""Every name ``FrontendConfig.name`` accepts (build_frontend dispatches on it)."""
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
-    name: Literal["heterodyne", "conv", "logmel"] = "heterodyne"
+    name: Literal["heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape"] = "heterodyne"
     dim: int = 256
     """D: width of the tokens handed to the encoder."""
     token_rate: float = 50.0
@@ -88,8 +129,18 @@ class FrontendConfig:
     heterodyne: HeterodyneConfig = field(default_factory=HeterodyneConfig)
     conv: ConvExtractorConfig = field(default_factory=ConvExtractorConfig)
     logmel: LogMelConfig = field(default_factory=LogMelConfig)
+    sincnet: SincNetConfig = field(default_factory=SincNetConfig)
+    gabor_strf: GaborStrfConfig = field(default_factory=GaborStrfConfig)
+    logmel_patch: LogMelPatchConfig = field(default_factory=LogMelPatchConfig)
+    aape: AaPEConfig = field(default_factory=AaPEConfig)
 
     def validate(self) -> None:
+        if self.token_rate <= 0 or self.dim < 1:
+            raise ConfigError("frontend.token_rate must be > 0 and frontend.dim >= 1")
+        zoo = {"sincnet": self.sincnet, "gabor_strf": self.gabor_strf, "logmel_patch": self.logmel_patch,
+               "aape": self.aape}
+        if self.name in zoo:
+            zoo[self.name].validate()
         ratio = self.heterodyne.band_width_hz / self.token_rate
         if self.name == "heterodyne" and abs(ratio - round(ratio)) > 1e-9:
             raise ConfigError(

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
-from a2v_het.frontend.config import FrontendConfig
+from a2v_het.frontend.config import FrontendConfig, LogMelConfig
 from a2v_het.frontend.spectrum import frequency_grid, grid_power_spectrogram
 
 LOG_EPS = 1e-10
@@ -124,12 +124,13 @@ def _frame_aligned_wave(wave: Tensor, sample_rate: Tensor, lengths: Tensor, n_fr
     return out * keep.to(out.dtype), new_lens
 
 
-def _log_mel(wave: Tensor, sample_rate: Tensor, lengths: Tensor, cfg: FrontendConfig, fbank: Tensor,
-             upper_edge_hz: Tensor) -> tuple[Tensor, Tensor]:
-    """Shared core: (B, M, N) fp32 log-mel and (B,) token counts. ``fbank`` (M, G), ``upper_edge_hz`` (M,)."""
-    window_s = float(cfg.logmel.window_s)
-    hop_s = 1.0 / float(cfg.token_rate)
-    n_tok = tokens_for_samples(lengths, sample_rate, cfg.token_rate)  # (B,)
+def _log_mel(wave: Tensor, sample_rate: Tensor, lengths: Tensor, logmel_cfg: LogMelConfig, frame_rate: float,
+             fbank: Tensor, upper_edge_hz: Tensor) -> tuple[Tensor, Tensor]:
+    """Shared core: (B, M, N) fp32 log-mel at ``frame_rate`` frames/s and (B,) frame counts.
+    ``fbank`` (M, G), ``upper_edge_hz`` (M,)."""
+    window_s = float(logmel_cfg.window_s)
+    hop_s = 1.0 / float(frame_rate)
+    n_tok = tokens_for_samples(lengths, sample_rate, frame_rate)  # (B,)
     n_out = max(1, int(n_tok.max().item())) if n_tok.numel() else 1
     with torch.autocast(device_type=wave.device.type, enabled=False):
         x, span = _frame_aligned_wave(wave.float(), sample_rate, lengths, n_tok, window_s, hop_s)
@@ -148,13 +149,13 @@ def _log_mel(wave: Tensor, sample_rate: Tensor, lengths: Tensor, cfg: FrontendCo
     return logmel, n_tok
 
 
-def _build_bank(cfg: FrontendConfig, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
-    """Filterbank (M, G) on the grid up to ``cfg.logmel.f_max_hz`` and each filter's upper edge (M,) in Hz."""
-    grid_hz = 1.0 / float(cfg.logmel.window_s)
-    n_grid = frequency_grid(2.0 * float(cfg.logmel.f_max_hz), grid_hz)
+def _build_bank(logmel_cfg: LogMelConfig, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Filterbank (M, G) on the grid up to ``logmel_cfg.f_max_hz`` and each filter's upper edge (M,) in Hz."""
+    grid_hz = 1.0 / float(logmel_cfg.window_s)
+    n_grid = frequency_grid(2.0 * float(logmel_cfg.f_max_hz), grid_hz)
     freqs = torch.arange(n_grid, dtype=torch.float64) * grid_hz
-    fbank = mel_filterbank(cfg.logmel.n_mels, freqs, 0.0, float(cfg.logmel.f_max_hz))
-    upper = mel_edges_hz(cfg.logmel.n_mels, 0.0, float(cfg.logmel.f_max_hz))[2:].float()
+    fbank = mel_filterbank(logmel_cfg.n_mels, freqs, 0.0, float(logmel_cfg.f_max_hz))
+    upper = mel_edges_hz(logmel_cfg.n_mels, 0.0, float(logmel_cfg.f_max_hz))[2:].float()
     return fbank.to(device), upper.to(device)
 
 
@@ -171,9 +172,45 @@ def bare_log_mel(wave: Tensor, sample_rate: Tensor, lengths: Tensor, cfg: Fronte
     sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
     key = (cfg.logmel, str(wave.device))
     if key not in _BANK_CACHE:
-        _BANK_CACHE[key] = _build_bank(cfg, wave.device)
+        _BANK_CACHE[key] = _build_bank(cfg.logmel, wave.device)
     fbank, upper = _BANK_CACHE[key]
-    return _log_mel(wave, sample_rate, lengths, cfg, fbank, upper)[0]
+    return _log_mel(wave, sample_rate, lengths, cfg.logmel, cfg.token_rate, fbank, upper)[0]
+
+
+class LogMelSpectrogram(nn.Module):
+    """Rate-independent log-mel frames, the shared input of every spectrogram frontend (log-mel, patch, Gabor STRF,
+    AaPE).
+
+    forward(wave (B, T) float zero-padded after lengths[b], sample_rate (B,) Hz, lengths (B,) samples) ->
+    (logmel (B, n_mels, N) fp32 = log(mel power + LOG_EPS), n_frames (B,) int64) with
+    n_frames[b] = ceil(lengths[b] / sample_rate[b] * frame_rate), N = max(1, max_b n_frames[b]).
+    Frame n is centred at (n + 0.5) / frame_rate seconds; window ``logmel.window_s`` seconds; filters on the absolute
+    Hz grid up to ``logmel.f_max_hz`` (silenced, log(eps), above each clip's Nyquist). Frames past a clip's count hold
+    log(eps). No learnable parameters; the filterbank is a non-persistent buffer (derived from the config).
+    """
+
+    def __init__(self, logmel: LogMelConfig, frame_rate: float):
+        super().__init__()
+        if logmel.window_s <= 0 or frame_rate <= 0 or logmel.f_max_hz <= 0 or logmel.n_mels < 1:
+            raise ValueError("logmel.window_s, logmel.f_max_hz, logmel.n_mels and the frame rate must be > 0")
+        self.logmel_cfg = logmel
+        self.frame_rate = float(frame_rate)
+        fbank, upper = _build_bank(logmel)
+        self.register_buffer("fbank", fbank, persistent=False)
+        self.register_buffer("upper_edge_hz", upper, persistent=False)
+
+    @property
+    def n_mels(self) -> int:
+        return int(self.logmel_cfg.n_mels)
+
+    def num_frames(self, duration_s: float, sample_rate: int) -> int:
+        """ceil(duration_s * frame_rate) for a clip of round(duration_s * sample_rate) samples."""
+        n = torch.tensor([int(round(duration_s * sample_rate))])
+        return int(tokens_for_samples(n, torch.tensor([int(sample_rate)]), self.frame_rate)[0])
+
+    def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
+        return _log_mel(wave, sample_rate, lengths, self.logmel_cfg, self.frame_rate, self.fbank, self.upper_edge_hz)
 
 
 class LogMelFrontend(Frontend):
@@ -187,21 +224,16 @@ class LogMelFrontend(Frontend):
             raise ValueError("frontend.logmel.window_s, frontend.token_rate and frontend.logmel.f_max_hz must be > 0")
         self.cfg = cfg
         self.dim = cfg.dim
-        fbank, upper = _build_bank(cfg)
-        # Derived from the config, so not saved in checkpoints (persistent=False) but moved with .to(device).
-        self.register_buffer("fbank", fbank, persistent=False)
-        self.register_buffer("upper_edge_hz", upper, persistent=False)
+        self.spectrogram = LogMelSpectrogram(cfg.logmel, cfg.token_rate)
         self.proj = nn.Linear(cfg.logmel.n_mels, cfg.dim)
 
     def num_tokens(self, duration_s: float, sample_rate: int) -> int:
         """ceil(duration_s * token_rate) for a clip of round(duration_s * sample_rate) samples (same at every rate
         whenever the duration is a whole number of samples)."""
-        n = torch.tensor([int(round(duration_s * sample_rate))])
-        return int(tokens_for_samples(n, torch.tensor([int(sample_rate)]), self.cfg.token_rate)[0])
+        return self.spectrogram.num_frames(duration_s, sample_rate)
 
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> FrontendOutput:
-        sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
-        logmel, n_tok = _log_mel(wave, sample_rate, lengths, self.cfg, self.fbank, self.upper_edge_hz)
+        logmel, n_tok = self.spectrogram(wave, sample_rate, lengths)
         tokens = self.proj(logmel.transpose(1, 2))  # (B, N, D); autocast may run this in bf16, fine after the log
         padding_mask = torch.arange(tokens.shape[1], device=wave.device)[None, :] >= n_tok[:, None]
         return FrontendOutput(tokens=tokens, padding_mask=padding_mask)
@@ -210,6 +242,7 @@ class LogMelFrontend(Frontend):
 __all__ = [
     "LOG_EPS",
     "LogMelFrontend",
+    "LogMelSpectrogram",
     "bare_log_mel",
     "hz_to_mel",
     "mel_edges_hz",
