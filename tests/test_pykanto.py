@@ -138,3 +138,76 @@ def test_eval_stream_two_ranks_two_workers_reads_each_sample_once(sharded):
                 assert batch["wave"].shape[0] == len(batch["keys"]) == batch["lengths"].shape[0]
         assert sum(keys.values()) == info["samples"] == len(keys) and set(keys.values()) == {1}, split
         assert skipped == 0
+
+
+@pytest.mark.slow
+def test_finetune_then_predict_end_to_end(pykanto_data, sharded, tmp_path):
+    """The real recordings through the user's path: shards -> ``a2v-het finetune`` (DeepSpeed loop, label "event")
+    -> ``a2v-het evaluate`` -> ``a2v-het predict`` on recordings at 44.1 and 48 kHz and on one resampled to 96 kHz
+    -> Raven selection tables + events.csv."""
+    import os
+    import subprocess
+    import sys
+
+    import soxr
+
+    from a2v_het.eval.raven import read_selection_table
+
+    out, _, _ = sharded
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="offline", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2",
+               PYTHONPATH=str(root))
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "LOCAL_RANK"):
+        env.pop(k, None)
+
+    def cli(*args: str, timeout: int = 600) -> str:
+        proc = subprocess.run([sys.executable, "-m", "a2v_het.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    run = tmp_path / "run"
+    cli("finetune", str(root / "recipes" / "finetune" / "synthetic.yaml"), f"data.shards={out}",
+        "data.synthesize_if_missing=false", f"data.duration_s={WINDOW_S}", "data.num_workers=0",
+        "data.samples_per_epoch=32", f"train.run_dir={run}", "train.max_steps=60", "train.save_every=60",
+        "logging.wandb=disabled", "optim.warmup_steps=5", "optim.lr=2e-3", "finetune.classes=[event]",
+        "finetune.loss=bce", "finetune.eval_plots=2")
+    report = json.loads((run / "eval.json").read_text())
+    assert report["classes"] == ["event"] and report["test"]["clips"] > 0  # val tuned, test scored
+    assert (run / "plots" / "pr_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    # It learned the training windows: frame AP on the train split well above chance (= the positive frame rate).
+    train = json.loads(cli("evaluate", "--checkpoint", str(run), "--data", str(out), "--split", "train",
+                           "--val-split", "val", "--json"))["test"]
+    pos = tot = 0.0
+    for _, _, info, split in _samples(out).values():
+        if split == "train" and info["labelled"]:
+            pos += sum(e["offset_s"] - e["onset_s"] for e in info["events"])
+            tot += info["duration_s"]
+    chance = pos / tot
+    assert 0.05 < chance < 0.95
+    assert train["frame_map"] > chance + 0.5 * (1 - chance), (train["frame_map"], chance)
+
+    # predict: two real recordings (44.1 kHz, 48 kHz) and one resampled to 96 kHz
+    petrel = pykanto_data / "raw" / "STORM-PETREL" / "XC46092.wav"
+    am = pykanto_data / "raw" / "AM" / "20210502_040000.WAV"
+    audio, rate = sf.read(str(petrel), dtype="float32")
+    hi = tmp_path / "XC46092_96k.flac"
+    sf.write(str(hi), soxr.resample(audio, rate, 96000), 96000, subtype="PCM_24")
+    pred = tmp_path / "pred"
+    cli("predict", "--checkpoint", str(run), str(petrel), str(am), str(hi), "--out", str(pred), "--window-s", "4",
+        "--hop-s", "2", "--no-progress")
+    header = "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tLow Freq (Hz)\tHigh Freq (Hz)\tlabel\tscore"
+    total = 0
+    for path in (petrel, am, hi):
+        table = pred / f"{path.stem}.selections.txt"
+        assert table.read_text().splitlines()[0] == header
+        info = sf.info(str(path))
+        rows = read_selection_table(table)
+        for i, e in enumerate(rows, start=1):
+            assert e["selection"] == i and e["label"] == "event" and 0 <= e["score"] <= 1
+            assert 0 <= e["onset_s"] < e["offset_s"] <= info.duration + 1e-6
+            assert 0 <= e["low_hz"] < e["high_hz"] <= info.samplerate / 2
+        total += len(rows)
+    assert total > 0
+    assert (pred / "events.csv").read_text().count("\n") == total + 1
