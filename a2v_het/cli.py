@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     bd = bsub.add_parser("data", help="data loading: shard -> batch audio s/s per worker; sharding rate in h/min")
     bench_data.add_args(bd)
     bd.set_defaults(func=_cmd_bench, bench_run=bench_data.run)
+    from a2v_het.bench import zoo as bench_zoo
+
+    bz = bsub.add_parser("zoo", help="every frontend, same budget: pretraining loss, fine-tuned event F1 at seen and "
+                                     "unseen sample rates")
+    bench_zoo.add_args(bz)
+    bz.set_defaults(func=_cmd_bench, bench_run=bench_zoo.run)
     return p
 
 

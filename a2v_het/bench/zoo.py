@@ -1,0 +1,280 @@
+"""``a2v-het bench zoo``: every frontend under one budget, pretraining -> fine-tuning -> call detection.
+
+For each frontend (``--frontends``) the same tiny data2vec model (``--recipe``, default ``recipes/smoke.yaml``) is
+pretrained for ``--pretrain-steps`` on synthetic ``field`` clips at the seen rates (8-48 kHz), exported, fine-tuned
+for ``--finetune-steps`` as a call-type detector (``--finetune-recipe``), and evaluated with per-class thresholds
+tuned on a validation split at the seen rates and applied unchanged to two test splits: clips at the seen rates and
+clips at rates never seen in training (6-96 kHz). ``--scratch`` frontends are also fine-tuned from a random
+initialisation with the same fine-tuning budget (no pretraining), the baseline the pretraining must beat.
+
+"Equal compute" here means the same encoder, batch, clip length and number of optimiser steps for every frontend;
+the wall time of each stage is reported beside the scores so the real cost differences stay visible. The conv
+extractor's 512 channels are scaled to ``--conv-channels`` (default 64, like the tiny model's width) so that row
+finishes on a CPU. Every stage runs as its own ``a2v-het`` process, exactly as a user runs it, and is skipped when
+its output already exists, so an interrupted zoo resumes where it stopped.
+
+Outputs in ``--out``: ``zoo.json`` (everything), ``zoo.md`` (the tables), ``pretrain_loss.png`` (the data2vec
+regression loss of every frontend against the step), one folder per run with its logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FRONTENDS = ("heterodyne", "conv", "logmel", "logmel_patch", "sincnet", "gabor_strf", "aape")
+SEEN_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
+UNSEEN_RATES = (6000, 12000, 18000, 24000, 38000, 64000, 96000)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/zoo", help="output folder (default runs/zoo); reruns resume")
+    parser.add_argument("--frontends", default=",".join(FRONTENDS), help=f"comma-separated subset of {FRONTENDS}")
+    parser.add_argument("--scratch", default="heterodyne",
+                        help="frontends also fine-tuned from scratch (comma-separated; '' for none)")
+    parser.add_argument("--recipe", default=str(ROOT / "recipes" / "smoke.yaml"), help="pretraining recipe")
+    parser.add_argument("--finetune-recipe", default=str(ROOT / "recipes" / "finetune" / "synthetic.yaml"))
+    parser.add_argument("--pretrain-steps", type=int, default=150)
+    parser.add_argument("--finetune-steps", type=int, default=120)
+    parser.add_argument("--clips", type=int, default=300, help="training clips (seen rates)")
+    parser.add_argument("--eval-clips", type=int, default=70, help="clips per val / test split")
+    parser.add_argument("--seconds", type=float, default=2.0, help="clip duration")
+    parser.add_argument("--conv-channels", type=int, default=64, help="channels of the conv extractor row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print zoo.json instead of the tables")
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+
+
+def make_data(out: Path, clips: int, eval_clips: int, seconds: float, seed: int) -> dict[str, Path]:
+    """Synthetic ``field`` shard folders (made once): train (seen rates) with its ``-eval`` folder (unseen rates,
+    split ``val``, read by the pretraining loop's coverage table), val (seen), test_seen, test_unseen."""
+    from data_tools.synth import write_synth_shards
+
+    plan = {
+        "train": (clips, SEEN_RATES, seed, "train"),
+        "train-eval": (eval_clips, UNSEEN_RATES, seed + 1, "val"),
+        "val": (eval_clips, SEEN_RATES, seed + 2, "val"),
+        "test_seen": (eval_clips, SEEN_RATES, seed + 3, "test"),
+        "test_unseen": (eval_clips, UNSEEN_RATES, seed + 4, "test"),
+    }
+    paths = {}
+    for name, (n, rates, s, split) in plan.items():
+        path = out / "data" / name
+        if not (path / "manifest.json").is_file():
+            write_synth_shards(path, "field", n, list(rates), seconds, seed=s, split=split)
+        paths[name] = path
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------- running
+
+
+def run_stage(argv: list[str], log: Path) -> float:
+    """Run ``python -m a2v_het.cli *argv`` with stdout+stderr to ``log``; return its wall time in seconds.
+    Raises RuntimeError with the log's tail when it fails."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.setdefault("WANDB_MODE", "offline")
+    pythonpath = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + pythonpath if pythonpath else "")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)  # one process per stage, never a leftover rank
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "a2v_het.cli", *argv], stdout=fh, stderr=subprocess.STDOUT,
+                              env=env, cwd=str(log.parent))
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"a2v-het {' '.join(argv[:2])} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return wall
+
+
+def frontend_overrides(name: str, conv_channels: int) -> list[str]:
+    over = [f"frontend.name={name}"]
+    if name == "conv":
+        c = int(conv_channels)
+        layers = [[c, 10, 5]] + [[c, 3, 2]] * 4 + [[c, 2, 2]] * 2
+        over.append("frontend.conv.layers=" + json.dumps(layers).replace(" ", ""))
+    return over
+
+
+def loss_curve(run_dir: Path, key: str = "regression") -> list[tuple[int, float]]:
+    """(step, value) of ``key`` from the run's metrics.jsonl (the data2vec regression loss by default, without the
+    heterodyne's coverage terms, so every frontend's curve measures the same thing)."""
+    rows = []
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if key in r and "step" in r:
+                rows.append((int(r["step"]), float(r[key])))
+    return rows
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    from a2v_het.train.checkpoint import checkpoint_root, latest_tag
+
+    tag = latest_tag(run_dir) if run_dir.is_dir() else None
+    if tag is None:
+        return False
+    return int(json.loads((checkpoint_root(run_dir) / tag / "COMPLETE").read_text())["step"]) >= steps
+
+
+def _timed(state: dict, key: str, fn) -> float:
+    """Run ``fn()`` unless ``state`` already holds its wall time (a resumed zoo keeps the first measurement)."""
+    if key not in state:
+        state[key] = fn()
+    return state[key]
+
+
+def evaluate_both(run_dir: Path, data: dict[str, Path]) -> dict[str, Any]:
+    """Thresholds tuned on val (seen rates), applied unchanged to test_seen and test_unseen."""
+    from a2v_het.eval.evaluate import evaluate_checkpoint
+
+    out = {}
+    for which in ("test_seen", "test_unseen"):
+        rep = evaluate_checkpoint(run_dir, data[which], split="test", val_split="val", val_data=data["val"])
+        out[which] = {"frame_map": rep["test"]["frame_map"], "event_f1_iou": rep["test"]["event_iou"]["macro_f1"],
+                      "event_f1_collar": rep["test"]["event_collar"]["macro_f1"],
+                      "per_class_f1_iou": {c: v["f1"] for c, v in rep["test"]["event_iou"]["per_class"].items()},
+                      "thresholds": rep["thresholds"]}
+    return out
+
+
+def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "zoo_state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+
+    def save_state() -> None:
+        from a2v_het.atomic import atomic_write_text
+
+        atomic_write_text(state_path, json.dumps(state, indent=2) + "\n")
+
+    names = [n for n in args.frontends.split(",") if n]
+    unknown = [n for n in names if n not in FRONTENDS]
+    if unknown:
+        raise SystemExit(f"unknown frontend(s) {unknown}; choose from {FRONTENDS}")
+    scratch = [n for n in args.scratch.split(",") if n]
+    data = make_data(out, args.clips, args.eval_clips, args.seconds, args.seed)
+    common = [f"data.duration_s={args.seconds}", "data.synthesize_if_missing=false", "logging.wandb=disabled",
+              f"train.seed={args.seed}"]
+    results: dict[str, Any] = {}
+    rows = [(n, True) for n in names] + [(n, False) for n in scratch]
+    from tqdm import tqdm
+
+    for name, pretrained in tqdm(rows, desc="zoo", unit="run"):
+        key = name if pretrained else f"{name}/scratch"
+        st = state.setdefault(key, {})
+        fe = frontend_overrides(name, args.conv_channels)
+        run_root = out / name
+        res: dict[str, Any] = {"frontend": name, "pretrained": pretrained}
+        init = []
+        if pretrained:
+            pre = run_root / "pretrain"
+            if not _finished(pre, args.pretrain_steps):
+                st.pop("pretrain_s", None)
+            _timed(st, "pretrain_s", lambda: run_stage(
+                ["pretrain", args.recipe, f"data.shards={data['train']}", f"train.run_dir={pre}",
+                 f"train.max_steps={args.pretrain_steps}", *common, *fe], run_root / "pretrain.log"))
+            save_state()
+            export = run_root / "export"
+            if not (export / "model.safetensors").is_file():
+                run_stage(["export", str(pre), str(export)], run_root / "export.log")
+            init = [f"finetune.init={export}"]
+            res["pretrain_s"] = st["pretrain_s"]
+            res["pretrain_curve"] = loss_curve(pre)
+        ft = run_root / ("finetune" if pretrained else "finetune_scratch")
+        if not _finished(ft, args.finetune_steps):
+            st.pop("finetune_s", None)
+        _timed(st, "finetune_s", lambda: run_stage(
+            ["finetune", args.finetune_recipe, f"data.shards={data['train']}", f"train.run_dir={ft}",
+             f"train.max_steps={args.finetune_steps}", "finetune.test_split=none", "finetune.eval_plots=0",
+             *common, *([] if init else fe), *init], ft.with_suffix(".log")))
+        save_state()
+        res["finetune_s"] = st["finetune_s"]
+        if "scores" not in st:
+            st["scores"] = evaluate_both(ft, data)
+            save_state()
+        res.update(st["scores"])
+        results[key] = res
+
+    report = {"frontends": names, "scratch": scratch, "settings": {k: v for k, v in vars(args).items()
+                                                                    if k not in ("func", "bench_run")},
+              "seen_rates": SEEN_RATES, "unseen_rates": UNSEEN_RATES, "results": results}
+    from a2v_het.atomic import atomic_write_text
+
+    atomic_write_text(out / "zoo.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "zoo.md", format_tables(report) + "\n")
+    plot_curves(report, out / "pretrain_loss.png")
+    return report
+
+
+# ------------------------------------------------------------------------------------------------------- reports
+
+
+def format_tables(report: dict[str, Any]) -> str:
+    def f(x: Any) -> str:
+        return "-" if x is None or x != x else f"{x:.3f}"
+
+    lines = ["| frontend | init | pretrain s | finetune s | regression loss first -> last | frame mAP seen | "
+             "event F1 seen | event F1 unseen | frame mAP unseen | collar F1 seen | collar F1 unseen |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for key, r in report["results"].items():
+        curve = r.get("pretrain_curve") or []
+        loss = f"{curve[0][1]:.2f} -> {curve[-1][1]:.2f}" if curve else "-"
+        pre_s = f"{r['pretrain_s']:.0f}" if "pretrain_s" in r else "-"
+        s, u = r["test_seen"], r["test_unseen"]
+        lines.append(f"| {r['frontend']} | {'pretrained' if r['pretrained'] else 'scratch'} | {pre_s} | "
+                     f"{r['finetune_s']:.0f} | {loss} | {f(s['frame_map'])} | {f(s['event_f1_iou'])} | "
+                     f"{f(u['event_f1_iou'])} | {f(u['frame_map'])} | {f(s['event_f1_collar'])} | "
+                     f"{f(u['event_f1_collar'])} |")
+    classes = sorted({c for r in report["results"].values() for c in r["test_seen"]["per_class_f1_iou"]})
+    lines += ["", "Per-class event F1 (IoU >= 0.3), seen / unseen rates:", "",
+              "| frontend | init | " + " | ".join(classes) + " |", "|---|---|" + "---:|" * len(classes)]
+    for r in report["results"].values():
+        cells = [f"{f(r['test_seen']['per_class_f1_iou'].get(c))} / {f(r['test_unseen']['per_class_f1_iou'].get(c))}"
+                 for c in classes]
+        lines.append(f"| {r['frontend']} | {'pretrained' if r['pretrained'] else 'scratch'} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, r in report["results"].items():
+        curve = r.get("pretrain_curve")
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=r["frontend"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("data2vec regression loss")
+    ax.set_yscale("log")
+    ax.set_title("pretraining loss, same encoder and budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = run_zoo(args)
+    print(json.dumps(report, indent=2) if args.json else format_tables(report))
+    return 0
