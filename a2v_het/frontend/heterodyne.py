@@ -66,6 +66,7 @@ def heterodyne_bands(
     mixing: Literal["quadrature", "cosine"] = "quadrature",
     taper_s: float = 0.0,
     straight_through: bool = False,
+    out_lengths: Tensor | None = None,
 ) -> Tensor:
     """Mix every band to baseband and resample it to ``band_width_hz``.
 
@@ -80,6 +81,10 @@ def heterodyne_bands(
         taper_s: raised-cosine fade at both ends of each clip, seconds.
         straight_through: let gradients reach ``band_start_hz`` through d/df exp(-i 2 pi f t) (quadrature only);
             otherwise the band positions get no gradient from the output.
+        out_lengths: (B,) output samples of each clip (<= n_out; default n_out for every clip). Clip b is analysed
+            over its own out_lengths[b] / W seconds and is zero after that, so its band signal is the same alone
+            or batched with longer clips (the FFT length sets the bin grid the band starts are rounded to, and a
+            longer FFT would shift each band by up to half a bin and rotate its complex envelope).
     Returns: (B, K, 2, n_out) fp32. quadrature: [I, Q] of the complex envelope, amplitude-calibrated (a tone
         A cos(2 pi (f_k + d) t) gives A exp(i 2 pi d t)); cosine: [even, odd] samples of the real signal at 2W Hz
         (the same tone gives A cos(2 pi d t)).
@@ -89,12 +94,15 @@ def heterodyne_bands(
     if straight_through and mixing != "quadrature":
         raise ValueError("straight_through gradients are only defined for quadrature mixing")
     b_total, k_bands = band_start_hz.shape
-    duration = n_out / band_width_hz
+    if out_lengths is None:
+        out_lengths = torch.full((b_total,), n_out, dtype=torch.long, device=wave.device)
+    out_lengths = out_lengths.long().clamp(1, n_out)
     out = wave.new_zeros(b_total, k_bands, 2, n_out, dtype=torch.float32)
     with torch.autocast(device_type=wave.device.type, enabled=False):
-        for sr in sample_rate.unique().tolist():
-            idx = (sample_rate == sr).nonzero().flatten()
-            n_fft = int(round(duration * sr))
+        groups = torch.stack([sample_rate.long(), out_lengths], dim=1).unique(dim=0).tolist()
+        for sr, m_out in groups:
+            idx = ((sample_rate == sr) & (out_lengths == m_out)).nonzero().flatten()
+            n_fft = int(round(m_out / band_width_hz * sr))
             x = wave[idx, : min(n_fft, wave.shape[1])].float()
             if x.shape[1] < n_fft:
                 x = torch.nn.functional.pad(x, (0, n_fft - x.shape[1]))
@@ -104,19 +112,19 @@ def heterodyne_bands(
             # One zero bin appended: indices past the Nyquist bin point there instead of wrapping.
             spec = torch.cat([spec, spec.new_zeros(spec.shape[0], 1)], dim=1)
             start = torch.round(band_start_hz[idx].detach().float() * (n_fft / sr)).long()  # (b, K)
-            scale = 2.0 * n_out / n_fft
+            scale = 2.0 * m_out / n_fft
             if mixing == "quadrature":
-                pos = start[..., None] + torch.arange(n_out, device=wave.device)
+                pos = start[..., None] + torch.arange(m_out, device=wave.device)
                 pos = torch.where((pos >= 0) & (pos < n_bins), pos, torch.full_like(pos, n_bins))
                 bins = torch.gather(spec[:, None, :].expand(-1, k_bands, -1), 2, pos)
                 z = torch.fft.ifft(bins, dim=-1) * scale
                 if straight_through:
-                    t = torch.arange(n_out, device=wave.device, dtype=torch.float32) / band_width_hz
+                    t = torch.arange(m_out, device=wave.device, dtype=torch.float32) / band_width_hz
                     delta = band_start_hz[idx].float() - band_start_hz[idx].detach().float()
                     z = z * torch.polar(torch.ones_like(t), -2 * math.pi * delta[..., None] * t)
-                out[idx] = torch.stack([z.real, z.imag], dim=2)
+                out[idx, :, :, :m_out] = torch.stack([z.real, z.imag], dim=2)
             else:
-                d = torch.arange(n_out + 1, device=wave.device)
+                d = torch.arange(m_out + 1, device=wave.device)
                 up = start[..., None] + d
                 up = torch.where(up < n_bins, up, torch.full_like(up, n_bins))
                 down = start[..., None] - d
@@ -125,8 +133,8 @@ def heterodyne_bands(
                 lower = torch.gather(spec_b, 2, down.abs().clamp(max=n_bins))
                 # cos mixing adds X(f_k + d) and X(d - f_k) = conj X(f_k - d) (for f_k - d < 0: X(d - f_k)).
                 lower = torch.where(down >= 0, lower.conj(), lower)
-                y = torch.fft.irfft(upper + lower, n=2 * n_out, dim=-1) * scale
-                out[idx] = y.reshape(len(idx), k_bands, n_out, 2).transpose(2, 3)
+                y = torch.fft.irfft(upper + lower, n=2 * m_out, dim=-1) * scale
+                out[idx, :, :, :m_out] = y.reshape(len(idx), k_bands, m_out, 2).transpose(2, 3)
     return out
 
 

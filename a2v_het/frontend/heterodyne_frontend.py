@@ -111,9 +111,11 @@ class HeterodyneFrontend(Frontend):
         n_out = n_tokens * self.samples_per_token
         grad_to_bands = self.h.band_grad_from_ssl
         bands_used = a.band_start_hz if grad_to_bands else a.band_start_hz.detach()
+        valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)  # (B,) tokens inside each clip
+        # Each clip is mixed down over its own whole-token span, so batching never changes its valid tokens.
         bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, self.h.band_width_hz, n_out,
-                                 mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands)
-        tokens = self.projection(bands.to(wave.dtype) if wave.dtype != torch.float32 else bands, bands_used)
-        valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)
+                                 mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands,
+                                 out_lengths=valid * self.samples_per_token)
+        tokens = self.projection(bands.to(wave.dtype) if wave.dtype != torch.float32 else bands, bands_used, valid)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
         return FrontendOutput(tokens, padding_mask, a.band_start_hz, aux, stats)

@@ -50,6 +50,25 @@ class SameStrideConv(nn.Module):
         return self.conv(nn.functional.pad(x, (extra // 2, extra - extra // 2)))
 
 
+class MaskedInstanceNorm(nn.Module):
+    """Per-clip, per-channel norm over each clip's valid frames only (GroupNorm with groups == channels, whose
+    statistics would otherwise include the zeros a batch pads shorter clips with)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor, valid_frames: Tensor | None) -> Tensor:
+        """x (B, C, L), valid_frames (B,) int (None: all L frames valid) -> (B, C, L), statistics in fp32."""
+        from a2v_het.frontend.conv_extractor import masked_instance_norm
+
+        frames = torch.arange(x.shape[2], device=x.device)[None, :]
+        valid = frames < (valid_frames[:, None] if valid_frames is not None else x.shape[2])
+        return masked_instance_norm(x, valid, self.weight, self.bias, self.eps)
+
+
 class BandProjection(nn.Module):
     def __init__(self, num_bands: int, band_rate_hz: float, token_rate: float, channels: int, dim: int,
                  band_embedding_dim: int, max_hz: float):
@@ -65,7 +84,7 @@ class BandProjection(nn.Module):
         for i, s in enumerate(self.strides or [1]):
             convs.append(SameStrideConv(ch, channels, s))
             # Group norm over time on the first layer (as wav2vec 2.0): removes each band's gain.
-            convs.append(nn.GroupNorm(channels, channels) if i == 0 else nn.Identity())
+            convs.append(MaskedInstanceNorm(channels) if i == 0 else nn.Identity())
             convs.append(nn.GELU())
             ch = channels
         self.convs = nn.Sequential(*convs)
@@ -73,10 +92,27 @@ class BandProjection(nn.Module):
         self.out = nn.Linear(num_bands * channels, dim)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, bands: Tensor, band_start_hz: Tensor) -> Tensor:
-        """bands (B, K, 2, L) at the band rate, band_start_hz (B, K) -> tokens (B, L / prod(strides), D)."""
+    def forward(self, bands: Tensor, band_start_hz: Tensor, valid_tokens: Tensor | None = None) -> Tensor:
+        """bands (B, K, 2, L) at the band rate, band_start_hz (B, K), valid_tokens (B,) tokens inside each clip
+        (None: all) -> tokens (B, L / prod(strides), D). The norm only sees each clip's valid frames, so a clip's
+        valid tokens do not depend on the padding of the batch."""
         b, k, _, length = bands.shape
-        h = self.convs(bands.reshape(b * k, 2, length))  # (B*K, C, N)
+        h = bands.reshape(b * k, 2, length)
+        frames_per_token = math.prod(self.strides) if self.strides else 1
+        valid = None
+        for module in self.convs:
+            if isinstance(module, SameStrideConv):
+                frames_per_token //= module.stride
+                if valid_tokens is not None:
+                    valid = (valid_tokens * frames_per_token).repeat_interleave(k)  # (B*K,) frames after this conv
+            if isinstance(module, MaskedInstanceNorm):
+                h = module(h, valid)
+            else:
+                h = module(h)
+            if isinstance(module, nn.GELU) and valid is not None:
+                # Frames past a clip's end must read as zeros to the next conv, exactly as the zero padding of a
+                # clip on its own does (after the norm and GELU they would not be zero).
+                h = h * (torch.arange(h.shape[2], device=h.device)[None, None, :] < valid[:, None, None]).to(h.dtype)
         h = h.reshape(b, k, h.shape[1], h.shape[2])
         emb = self.band_embed(frequency_embedding(band_start_hz, self.band_embedding_dim, self.max_hz))  # (B, K, C)
         h = h + emb[..., None]
