@@ -3,7 +3,8 @@
 For each rate, one batch of ``--batch`` clips of ``--seconds`` s of noise + tones at that rate goes through each
 frontend (default :class:`FrontendConfig`, D = 256, train mode):
 
-* ``heterodyne``, ``conv``, ``logmel``: ``out = fe(wave, sample_rate, lengths)``, then
+* every frontend of the zoo (``heterodyne``, ``conv``, ``logmel``, ``sincnet``, ``gabor_strf``, ``logmel_patch``,
+  ``aape``): ``out = fe(wave, sample_rate, lengths)``, then
   ``(out.tokens.float().square().mean() + sum(out.aux_losses)).backward()`` (the wave does not require grad, as in
   training);
 * ``bare_logmel``: :func:`bare_log_mel` on a leaf wave with ``requires_grad=True``, then ``.sum().backward()``:
@@ -37,11 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from a2v_het.frontend import build_frontend
+from a2v_het.frontend import FRONTEND_NAMES, build_frontend
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.frontend.logmel import bare_log_mel
 
-FRONTENDS = ("heterodyne", "conv", "logmel", "bare_logmel")
+FRONTENDS = FRONTEND_NAMES + ("bare_logmel",)
 REFERENCE = "heterodyne"
 
 
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     Reads ``args.batch`` (int), ``args.seconds`` (float), ``args.rates`` ("8000,16000" or a list of ints),
     ``args.repeats`` (int), ``args.device`` ("cpu", "cuda" or None = auto), ``args.json`` (bool), and optionally
-    ``args.frontends`` (comma list, default all four), ``args.seed`` (int, default 0), ``args.quiet`` (bool: do not
+    ``args.frontends`` (comma list, default all), ``args.seed`` (int, default 0), ``args.quiet`` (bool: do not
     print). Returns ``{"benchmark", "machine", "settings", "rows"}``; each row has ``sample_rate``, ``frontend``,
     ``tokens_per_clip``, ``time_ms`` (median), ``times_ms``, ``ratio_to_heterodyne``, ``peak_mem_mb``, ``params``
     and ``error`` (None, or the exception text when that frontend failed at that rate).
