@@ -85,34 +85,146 @@ class LogMelConfig:
 
 @dataclass(frozen=True)
 class SincNetConfig:
-    """SincNet band-pass stem (animal2vec) followed by its conv stack; see a2v_het/frontend/sincnet.py."""
+    """SincNet band-pass stem (animal2vec) followed by its conv stack; see a2v_het/frontend/sincnet.py and
+    docs/frontends/sincnet.md."""
 
-    def validate(self) -> None:
-        return None
+    num_filters: int = 32
+    """C: learnable band-pass filters."""
+    kernel_s: float = 0.01
+    """Length of each windowed-sinc kernel in seconds (81 taps at 8 kHz, 961 at 96 kHz; resolution ~ 1 / kernel_s)."""
+    min_low_hz: float = 50.0
+    """Lowest allowed lower cutoff f1 (Hz)."""
+    min_band_hz: float = 50.0
+    """Narrowest allowed band f2 - f1 (Hz)."""
+    init_low_hz: float = 100.0
+    init_high_hz: float = 48000.0
+    """Initial bands tile [init_low_hz, init_high_hz] evenly on the mel scale (SincNet's initialisation)."""
+    frames_per_token: int = 4
+    """Band envelopes are averaged to frames_per_token x token_rate frames/s (rate-independent from here on)."""
+    conv_channels: int = 64
+    """Channels of the conv stack after the envelopes (one stride-1 layer, then stride-2 layers to the token rate)."""
+
+    def validate(self, prefix: str = "frontend.sincnet") -> None:
+        if self.num_filters < 1 or self.conv_channels < 1:
+            raise ConfigError(f"{prefix}.num_filters and {prefix}.conv_channels must be >= 1")
+        if self.kernel_s <= 0:
+            raise ConfigError(f"{prefix}.kernel_s must be > 0")
+        if self.min_low_hz < 0 or self.min_band_hz <= 0:
+            raise ConfigError(f"{prefix}.min_low_hz must be >= 0 and {prefix}.min_band_hz > 0")
+        if not 0 <= self.init_low_hz < self.init_high_hz:
+            raise ConfigError(f"{prefix}.init_low_hz must be >= 0 and < {prefix}.init_high_hz")
+        fpt = self.frames_per_token
+        if fpt < 1 or fpt & (fpt - 1):
+            raise ConfigError(f"{prefix}.frames_per_token must be a power of two (1, 2, 4, ...), got {fpt}")
 
 
 @dataclass(frozen=True)
 class GaborStrfConfig:
-    """Learnable spectro-temporal Gabor filters on a log-mel spectrogram (Riad et al.); see gabor_strf.py."""
+    """Learnable spectro-temporal Gabor filters on a log-mel spectrogram (Riad et al.); see gabor_strf.py and
+    docs/frontends/gabor_strf.md."""
 
-    def validate(self) -> None:
-        return None
+    n_mels: int = 64
+    window_s: float = 0.025
+    f_max_hz: float = 96000.0
+    frames_per_token: int = 2
+    """The log-mel runs at frames_per_token x token_rate frames/s (100/s = 10 ms, as in Riad et al.)."""
+    num_filters: int = 16
+    """C: learnable STRFs; each gives a real and an imaginary map, combined into a modulation energy."""
+    kernel_half_s: float = 0.1
+    """Temporal half-extent of every kernel (seconds); the Gaussian envelope decides how much of it is used."""
+    kernel_half_mels: int = 6
+    """Spectral half-extent of every kernel (mel channels)."""
+    frequency_groups: int = 8
+    """The C energy maps are averaged over this many equal groups of mel channels before the projection."""
+    max_rate_hz: float = 25.0
+    """Bound of the temporal modulation rate |omega| (Hz); the sign is the orientation (up / down sweeps)."""
+    max_scale_cyc_per_mel: float = 0.5
+    """Bound of the spectral modulation |Omega| (cycles per mel channel; 0.5 is the Nyquist of the mel axis)."""
+
+    def logmel_config(self) -> LogMelConfig:
+        return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
+
+    def validate(self, prefix: str = "frontend.gabor_strf") -> None:
+        if self.num_filters < 1 or self.n_mels < 1 or self.frames_per_token < 1:
+            raise ConfigError(f"{prefix}.num_filters, n_mels and frames_per_token must be >= 1")
+        if self.frequency_groups < 1 or self.n_mels % self.frequency_groups:
+            raise ConfigError(f"{prefix}.frequency_groups must divide {prefix}.n_mels ({self.n_mels})")
+        if self.kernel_half_s <= 0 or self.kernel_half_mels < 0 or self.window_s <= 0 or self.f_max_hz <= 0:
+            raise ConfigError(f"{prefix}.kernel_half_s, window_s and f_max_hz must be > 0, kernel_half_mels >= 0")
+        if self.max_rate_hz <= 0 or not 0 < self.max_scale_cyc_per_mel <= 0.5:
+            raise ConfigError(f"{prefix}.max_rate_hz must be > 0 and max_scale_cyc_per_mel in (0, 0.5]")
 
 
 @dataclass(frozen=True)
 class LogMelPatchConfig:
-    """AST-style log-mel + patch embedding; see logmel_patch.py."""
+    """AST-style log-mel + patch embedding; see logmel_patch.py and docs/frontends/logmel_patch.md."""
 
-    def validate(self) -> None:
-        return None
+    n_mels: int = 64
+    window_s: float = 0.025
+    """STFT window of the log-mel (seconds)."""
+    f_max_hz: float = 96000.0
+    """Top of the mel scale (absolute Hz); filters above a clip's Nyquist are silenced for that clip."""
+    patch_mels: int = 8
+    """Mel channels per patch (AST: 16 of 128)."""
+    patch_frames: int = 2
+    """Frames per patch = frames per token: the log-mel runs at patch_frames x token_rate frames/s."""
+    channels: int = 16
+    """E: embedding channels per patch; a token concatenates the n_mels / patch_mels patches of its time step."""
+
+    def logmel_config(self) -> LogMelConfig:
+        return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
+
+    def validate(self, prefix: str = "frontend.logmel_patch") -> None:
+        if self.n_mels < 1 or self.patch_mels < 1 or self.patch_frames < 1 or self.channels < 1:
+            raise ConfigError(f"{prefix}.n_mels, patch_mels, patch_frames and channels must be >= 1")
+        if self.n_mels % self.patch_mels:
+            raise ConfigError(f"{prefix}.n_mels ({self.n_mels}) must be a multiple of {prefix}.patch_mels "
+                              f"({self.patch_mels})")
+        if self.window_s <= 0 or self.f_max_hz <= 0:
+            raise ConfigError(f"{prefix}.window_s and {prefix}.f_max_hz must be > 0")
 
 
 @dataclass(frozen=True)
 class AaPEConfig:
-    """AaPE-style adaptive stem (adaptive complex-sinusoid kernels fused with log-mel patch tokens); see aape.py."""
+    """AaPE-style adaptive stem (adaptive complex-sinusoid kernels fused with log-mel patch tokens); see aape.py and
+    docs/frontends/aape.md."""
 
-    def validate(self) -> None:
-        return None
+    n_mels: int = 64
+    window_s: float = 0.0125
+    """STFT window (seconds). Shorter than logmel_patch's: the adaptive kernels read temporal modulations up to
+    frame_rate / 2 = 100 Hz, which a 25 ms window would smear."""
+    f_max_hz: float = 96000.0
+    patch_mels: int = 8
+    """Mel channels per patch; each patch row is one subband of the adaptive branch."""
+    patch_frames: int = 4
+    """Frames per patch = per token: the log-mel runs at patch_frames x token_rate frames/s (200/s by default), the
+    patch embedding down-samples it 4x in time; the adaptive branch looks at what that throws away."""
+    channels: int = 16
+    """E: embedding channels per patch."""
+    kernel_half_width_s: float = 0.04
+    """Support of each adaptive kernel beyond its patch on either side (seconds): exp(-alpha |t|) is cut there."""
+    decay_min_per_s: float = 5.0
+    """Lowest decay alpha (1/s) the Lambda encoder may predict (a long window, fine modulation resolution)."""
+    decay_max_per_s: float = 200.0
+    """Highest decay alpha (1/s) (a short window, fine time resolution)."""
+    lambda_hidden: int = 32
+    """Hidden channels of the Lambda encoder (a conv over tokens of the patch embeddings)."""
+
+    def logmel_config(self) -> LogMelConfig:
+        return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
+
+    def validate(self, prefix: str = "frontend.aape") -> None:
+        if self.n_mels < 1 or self.patch_mels < 1 or self.patch_frames < 1 or self.channels < 1:
+            raise ConfigError(f"{prefix}.n_mels, patch_mels, patch_frames and channels must be >= 1")
+        if self.n_mels % self.patch_mels:
+            raise ConfigError(f"{prefix}.n_mels ({self.n_mels}) must be a multiple of {prefix}.patch_mels "
+                              f"({self.patch_mels})")
+        if self.window_s <= 0 or self.f_max_hz <= 0 or self.kernel_half_width_s < 0:
+            raise ConfigError(f"{prefix}.window_s and f_max_hz must be > 0, kernel_half_width_s >= 0")
+        if not 0 < self.decay_min_per_s < self.decay_max_per_s:
+            raise ConfigError(f"{prefix}.decay_min_per_s must be > 0 and < {prefix}.decay_max_per_s")
+        if self.lambda_hidden < 1:
+            raise ConfigError(f"{prefix}.lambda_hidden must be >= 1")
 
 
 FRONTEND_NAMES = ("heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape")
