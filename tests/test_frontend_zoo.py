@@ -121,3 +121,24 @@ def test_one_data2vec_training_step_through_the_model(name):
     opt.step()
     moved = [k for k, v in model.frontend.named_parameters() if not torch.equal(v, before[k])]
     assert moved, f"{name}: no frontend parameter moved"
+
+
+def test_bench_frontend_covers_every_frontend_at_8_16_48_96_khz_in_one_run():
+    import argparse
+
+    from a2v_het.bench.frontend import add_args, run
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--batch", "1", "--seconds", "0.2", "--repeats", "1", "--device", "cpu"])
+    args.quiet = True
+    result = run(args)
+    rows = {(r["sample_rate"], r["frontend"]): r for r in result["rows"]}
+    assert {n for _, n in rows} == set(FRONTEND_NAMES) | {"bare_logmel"}
+    assert {sr for sr, _ in rows} == {8000, 16000, 48000, 96000}
+    for (sr, name), r in rows.items():
+        assert r["error"] is None, (sr, name, r["error"])
+        assert r["time_ms"] > 0 and r["peak_mem_mb"] > 0
+        if name != "conv":
+            assert r["tokens_per_clip"] == 10, (sr, name)  # 0.2 s x 50 tokens/s at every rate
+    assert rows[(48000, "heterodyne")]["ratio_to_heterodyne"] == 1.0

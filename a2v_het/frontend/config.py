@@ -151,8 +151,10 @@ class GaborStrfConfig:
             raise ConfigError(f"{prefix}.frequency_groups must divide {prefix}.n_mels ({self.n_mels})")
         if self.kernel_half_s <= 0 or self.kernel_half_mels < 0 or self.window_s <= 0 or self.f_max_hz <= 0:
             raise ConfigError(f"{prefix}.kernel_half_s, window_s and f_max_hz must be > 0, kernel_half_mels >= 0")
-        if self.max_rate_hz <= 0 or not 0 < self.max_scale_cyc_per_mel <= 0.5:
-            raise ConfigError(f"{prefix}.max_rate_hz must be > 0 and max_scale_cyc_per_mel in (0, 0.5]")
+        if self.max_rate_hz <= 0:
+            raise ConfigError(f"{prefix}.max_rate_hz must be > 0")
+        if not 0 < self.max_scale_cyc_per_mel <= 0.5:
+            raise ConfigError(f"{prefix}.max_scale_cyc_per_mel must lie in (0, 0.5] cycles per mel channel")
 
 
 @dataclass(frozen=True)
