@@ -26,8 +26,11 @@ def test_zoo_tiny_run_reports_every_row_and_resumes(tmp_path):
     first = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     report = json.loads(first.stdout)
-    assert set(report["results"]) == {"heterodyne", "logmel", "logmel/scratch"}
+    assert set(report["results"]) == {"heterodyne", "logmel", "logmel/scratch", "reference"}
     classes = {"tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst"}
+    ref = report["results"].pop("reference")  # the whole-clip detector: no model, a floor for the others
+    assert ref["pretrained"] is None and 0 < ref["test_seen"]["event_f1_iou"] < 1
+    assert set(ref["test_unseen"]["per_class_f1_iou"]) == classes
     for key, r in report["results"].items():
         assert r["pretrained"] == ("scratch" not in key)
         for split in ("test_seen", "test_unseen"):
@@ -49,10 +52,12 @@ def test_zoo_tiny_run_reports_every_row_and_resumes(tmp_path):
     assert (out / "pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "zoo.md").read_text()
     assert md.count("| heterodyne | pretrained |") == 2 and "| logmel | scratch |" in md
+    assert md.count("| whole-clip detector | - |") == 2
 
     # Rerun: nothing retrains (the logs are not rewritten) and the report is the same.
     logs = {p: p.stat().st_mtime_ns for p in out.rglob("*.log")}
     second = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert json.loads(second.stdout)["results"] == report["results"]
+    again = json.loads(second.stdout)["results"]
+    assert again.pop("reference") == ref and again == report["results"]
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.log")} == logs
