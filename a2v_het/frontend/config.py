@@ -86,33 +86,50 @@ class LogMelConfig:
 @dataclass(frozen=True)
 class SincNetConfig:
     """SincNet band-pass stem (animal2vec) followed by its conv stack; see a2v_het/frontend/sincnet.py and
-    docs/frontends/sincnet.md."""
+    docs/frontends/sincnet.md. Every frequency is in Hz and every duration in seconds, so the filters mean the same
+    at every input rate."""
 
     num_filters: int = 32
-    """C: learnable band-pass filters."""
+    """C: learnable band-pass filters. The stem's cost is linear in C (32 at 48 kHz: 0.3 s forward+backward for
+    4 x 3 s on 2 CPU cores, docs/frontends/sincnet.md); SincNet uses 80."""
     kernel_s: float = 0.01
-    """Length of each windowed-sinc kernel in seconds (81 taps at 8 kHz, 961 at 96 kHz; resolution ~ 1 / kernel_s)."""
+    """Length of each Hamming-windowed sinc kernel (seconds): an odd number of taps at every rate (81 at 8 kHz,
+    481 at 48 kHz, 961 at 96 kHz). Band edges are resolved to about 3.3 / kernel_s Hz (330 Hz)."""
     min_low_hz: float = 50.0
-    """Lowest allowed lower cutoff f1 (Hz)."""
+    """Lowest allowed lower cutoff (Hz): f1 = min_low_hz + |low_hz_|."""
     min_band_hz: float = 50.0
-    """Narrowest allowed band f2 - f1 (Hz)."""
+    """Narrowest allowed band (Hz): f2 = f1 + min_band_hz + |band_hz_|."""
     init_low_hz: float = 100.0
+    """Lower edge of the lowest initial band (Hz)."""
     init_high_hz: float = 48000.0
-    """Initial bands tile [init_low_hz, init_high_hz] evenly on the mel scale (SincNet's initialisation)."""
+    """Upper edge of the highest initial band (Hz). The C initial bands tile [init_low_hz, init_high_hz] evenly on
+    the mel scale (SincNet's initialisation); 48 kHz is the Nyquist of 96 kHz recordings. A filter whose lower
+    cutoff lies above a clip's Nyquist is silent for that clip (and gets no gradient from it)."""
     frames_per_token: int = 4
-    """Band envelopes are averaged to frames_per_token x token_rate frames/s (rate-independent from here on)."""
+    """The rectified band outputs are averaged over frames of 1 / (frames_per_token x token_rate) seconds (5 ms at
+    the default 50 tokens/s); everything after that runs on these rate-independent frames. A power of two: the
+    conv stack halves the frame rate log2(frames_per_token) times to reach the token rate."""
     conv_channels: int = 64
-    """Channels of the conv stack after the envelopes (one stride-1 layer, then stride-2 layers to the token rate)."""
+    """Channels of the conv stack after the band envelopes."""
+    conv_layers: int = 1
+    """Stride-1 conv layers (kernel 3 frames, GELU) before the stride-2 layers."""
 
     def validate(self, prefix: str = "frontend.sincnet") -> None:
-        if self.num_filters < 1 or self.conv_channels < 1:
-            raise ConfigError(f"{prefix}.num_filters and {prefix}.conv_channels must be >= 1")
-        if self.kernel_s <= 0:
-            raise ConfigError(f"{prefix}.kernel_s must be > 0")
-        if self.min_low_hz < 0 or self.min_band_hz <= 0:
-            raise ConfigError(f"{prefix}.min_low_hz must be >= 0 and {prefix}.min_band_hz > 0")
+        if self.num_filters < 1:
+            raise ConfigError(f"{prefix}.num_filters must be >= 1, got {self.num_filters}")
+        if self.conv_channels < 1:
+            raise ConfigError(f"{prefix}.conv_channels must be >= 1, got {self.conv_channels}")
+        if self.conv_layers < 1:
+            raise ConfigError(f"{prefix}.conv_layers must be >= 1, got {self.conv_layers}")
+        if not self.kernel_s > 0:
+            raise ConfigError(f"{prefix}.kernel_s must be > 0 (seconds), got {self.kernel_s}")
+        if not self.min_low_hz >= 0:
+            raise ConfigError(f"{prefix}.min_low_hz must be >= 0 (Hz), got {self.min_low_hz}")
+        if not self.min_band_hz > 0:
+            raise ConfigError(f"{prefix}.min_band_hz must be > 0 (Hz), got {self.min_band_hz}")
         if not 0 <= self.init_low_hz < self.init_high_hz:
-            raise ConfigError(f"{prefix}.init_low_hz must be >= 0 and < {prefix}.init_high_hz")
+            raise ConfigError(f"{prefix}.init_low_hz must be >= 0 and < {prefix}.init_high_hz, got "
+                              f"{self.init_low_hz} and {self.init_high_hz}")
         fpt = self.frames_per_token
         if fpt < 1 or fpt & (fpt - 1):
             raise ConfigError(f"{prefix}.frames_per_token must be a power of two (1, 2, 4, ...), got {fpt}")
