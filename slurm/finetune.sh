@@ -1,10 +1,10 @@
 #!/bin/bash
 # Fine-tune on a SLURM cluster: one task per GPU, every task runs `a2v-het finetune RECIPE key=value ...`.
 #
-# NOTE: the `a2v-het finetune` subcommand comes with the fine-tuning issue; until it exists this script fails at
-# its first srun with "invalid choice: 'finetune'". Everything else (resources, logs, rank variables, USR2 ->
-# checkpoint -> requeue) works exactly as in slurm/pretrain.sh, whose header explains each part.
+# Resources, logs, rank variables and USR2 -> checkpoint -> requeue work exactly as in slurm/pretrain.sh, whose
+# header explains each part.
 #
+#   mkdir -p logs && sbatch slurm/finetune.sh recipes/meerkat_finetune.yaml finetune.init=exports/meerkat
 #   mkdir -p logs && sbatch slurm/finetune.sh RECIPE [key=value ...]
 #   sbatch --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gres=none slurm/finetune.sh RECIPE   (CPU)
 #   bash slurm/finetune.sh RECIPE ...   (outside a job) makes logs/ and submits itself with sbatch

@@ -14,7 +14,7 @@ import torch
 from a2v_het.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "finetune" / "synthetic.yaml"
+RECIPE = ROOT / "recipes" / "synthetic_finetune.yaml"
 
 
 def _np_focal(logits, targets, alpha, gamma):
@@ -40,11 +40,11 @@ def test_focal_loss_matches_numpy():
                                bce.numpy(), rtol=1e-5)
 
 
-FT_RECIPES = sorted((ROOT / "recipes" / "finetune").glob("*.yaml"))
+FT_RECIPES = sorted((ROOT / "recipes").glob("*_finetune.yaml"))
 
 
 def test_there_are_finetune_recipes():
-    assert {p.name for p in FT_RECIPES} >= {"synthetic.yaml", "meerkat.yaml"}
+    assert {p.name for p in FT_RECIPES} >= {"synthetic_finetune.yaml", "meerkat_finetune.yaml"}
 
 
 @pytest.mark.parametrize("recipe", FT_RECIPES, ids=lambda p: p.name)

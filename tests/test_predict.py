@@ -32,7 +32,7 @@ def tone_detector(tmp_path_factory):
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    cfg = load_config(FinetuneConfig, str(ROOT / "recipes" / "finetune" / "synthetic.yaml"),
+    cfg = load_config(FinetuneConfig, str(ROOT / "recipes" / "synthetic_finetune.yaml"),
                       ["finetune.classes=[tone]", "finetune.loss=bce", "finetune.dropout=0.0", "finetune.top_k=3",
                        "finetune.smooth_s=0.1", "finetune.min_duration_s=0.1", "finetune.merge_gap_s=0.1"])
     obj = FinetuneObjective(cfg)

@@ -167,7 +167,7 @@ def test_finetune_then_predict_end_to_end(pykanto_data, sharded, tmp_path):
         return proc.stdout
 
     run = tmp_path / "run"
-    cli("finetune", str(root / "recipes" / "finetune" / "synthetic.yaml"), f"data.shards={out}",
+    cli("finetune", str(root / "recipes" / "synthetic_finetune.yaml"), f"data.shards={out}",
         "data.synthesize_if_missing=false", f"data.duration_s={WINDOW_S}", "data.num_workers=0",
         "data.samples_per_epoch=32", f"train.run_dir={run}", "train.max_steps=60", "train.save_every=60",
         "logging.wandb=disabled", "optim.warmup_steps=5", "optim.lr=2e-3", "finetune.classes=[event]",

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
 CLUSTER_SCRIPT = ROOT / ".ci" / "slurm_cluster.sh"
 PRETRAIN_SH = ROOT / "slurm" / "pretrain.sh"
+FINETUNE_SH = ROOT / "slurm" / "finetune.sh"
+FINETUNE_RECIPE = ROOT / "recipes" / "synthetic_finetune.yaml"
 SKIP_STATUS = 77
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -181,6 +183,26 @@ def test_sbatch_one_node_two_tasks(slurm_cluster, tiny_shards, tmp_path):
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000004"
     assert (run_dir / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
     assert_ranks_in_sync(run_dir, 2)
+
+
+@pytest.mark.timeout(600)
+def test_sbatch_finetune_two_tasks_evaluates_on_rank_zero(slurm_cluster, tiny_shards, tmp_path):
+    """`sbatch slurm/finetune.sh RECIPE`: the detector trains on 2 ranks and rank 0 writes the evaluation."""
+    run_dir = tmp_path / "run"
+    (tmp_path / "logs").mkdir()
+    job, state, code = run_job(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none", "--time=10",
+                                str(FINETUNE_SH), str(FINETUNE_RECIPE),
+                                *overrides(tiny_shards, run_dir, "train.max_steps=4", "train.save_every=2",
+                                           "data.synthesize_if_missing=false", "finetune.test_split=none",
+                                           "finetune.eval_plots=0")],
+                               tmp_path, run_dir, lambda j: tmp_path / "logs" / f"a2v-finetune-{j}.out")
+    text = (tmp_path / "logs" / f"a2v-finetune-{job}.out").read_text()
+    assert (state, code) == ("COMPLETED", "0:0"), text[-8000:]
+    assert metric_steps(run_dir) == [1, 2, 3, 4]
+    assert (run_dir / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["val"]["clips"] == 8 and len(report["classes"]) == 6
+    assert text.count("call detection on val") == 1, text[-4000:]  # rank 0 only
 
 
 @pytest.mark.timeout(600)

@@ -40,7 +40,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scratch", default="heterodyne",
                         help="frontends also fine-tuned from scratch (comma-separated; '' for none)")
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "smoke.yaml"), help="pretraining recipe")
-    parser.add_argument("--finetune-recipe", default=str(ROOT / "recipes" / "finetune" / "synthetic.yaml"))
+    parser.add_argument("--finetune-recipe", default=str(ROOT / "recipes" / "synthetic_finetune.yaml"))
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--finetune-steps", type=int, default=120)
     parser.add_argument("--clips", type=int, default=300, help="training clips (seen rates)")
@@ -163,7 +163,7 @@ def whole_clip_reference(data: Path, token_rate: float = 50.0) -> dict[str, Any]
 
     classes = list(read_manifest(str(data))["classes"])
     refs, ests, targets = [], [], []
-    for batch in make_eval_loader(str(data), 8, 0, split="test"):
+    for batch in make_eval_loader(str(data), 8, 0, split="test", rank=0, world_size=1):
         for i in range(len(batch["keys"])):
             if not bool(batch["labelled"][i]):
                 continue

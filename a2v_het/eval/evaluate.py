@@ -49,7 +49,9 @@ def collect(model, data: str, split: str, classes: list[str], batch_size: int = 
     from a2v_het.data.targets import events_to_frame_targets
 
     out: list[dict[str, Any]] = []
-    loader = make_eval_loader(data, batch_size, 0, split=split)
+    # One process reads the whole split: after a multi-rank fine-tune rank 0 evaluates alone, with RANK and
+    # WORLD_SIZE still set, and must not take only its 1 / world_size share.
+    loader = make_eval_loader(data, batch_size, 0, split=split, rank=0, world_size=1)
     for batch in loader:
         probs, pad = model.predict_proba(batch["wave"].to(device), batch["sample_rate"].to(device),
                                          batch["lengths"].to(device))

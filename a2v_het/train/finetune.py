@@ -6,7 +6,7 @@ the batch's events), so checkpoints, resume, preemption, logging and export are 
 last step, rank 0 evaluates on the val split (tuning per-class thresholds) and the test split when present and
 writes ``eval.json`` / ``eval.md`` to the run folder.
 
-    a2v-het finetune recipes/finetune/synthetic.yaml [key=value ...]
+    a2v-het finetune recipes/synthetic_finetune.yaml [key=value ...]
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
 
 
 def add_args(parser) -> None:
-    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/finetune/synthetic.yaml")
+    parser.add_argument("recipe", help="YAML recipe, e.g. recipes/synthetic_finetune.yaml")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. finetune.init=exports/base")
 
 
