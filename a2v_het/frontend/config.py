@@ -137,41 +137,72 @@ class SincNetConfig:
 
 @dataclass(frozen=True)
 class GaborStrfConfig:
-    """Learnable spectro-temporal Gabor filters on a log-mel spectrogram (Riad et al.); see gabor_strf.py and
-    docs/frontends/gabor_strf.md."""
+    """Learnable spectro-temporal Gabor filters on a log-mel spectrogram (Riad et al. 2021); see gabor_strf.py and
+    docs/frontends/gabor_strf.md. Times in seconds, rates in Hz, spectral extents in mel channels of this log-mel
+    (an absolute-Hz grid), so every parameter means the same at every input sample rate."""
 
     n_mels: int = 64
+    """M: mel channels of the STRFs' own log-mel (HTK mel, 0 Hz to f_max_hz). sigma_f and Omega are counted in these
+    channels. 64 rather than the baseline's 128: the conv costs M x frames x C x kernel taps."""
     window_s: float = 0.025
+    """STFT window of the log-mel (seconds)."""
     f_max_hz: float = 96000.0
+    """Top of the mel scale (absolute Hz); channels above a clip's Nyquist carry nothing for that clip."""
     frames_per_token: int = 2
-    """The log-mel runs at frames_per_token x token_rate frames/s (100/s = 10 ms, as in Riad et al.)."""
+    """The log-mel runs at frames_per_token x token_rate frames/s (100/s = 10 ms at 50 tokens/s, as in Riad et al.);
+    the frames of one token are concatenated into its feature vector."""
     num_filters: int = 16
-    """C: learnable STRFs; each gives a real and an imaginary map, combined into a modulation energy."""
+    """C: learnable STRFs, each a complex kernel (real and imaginary part) whose modulus is the feature map."""
     kernel_half_s: float = 0.1
-    """Temporal half-extent of every kernel (seconds); the Gaussian envelope decides how much of it is used."""
+    """Temporal half-extent of every kernel (seconds): round(kernel_half_s x frame rate) frames each side."""
     kernel_half_mels: int = 6
-    """Spectral half-extent of every kernel (mel channels)."""
-    frequency_groups: int = 8
-    """The C energy maps are averaged over this many equal groups of mel channels before the projection."""
+    """Spectral half-extent of every kernel (mel channels each side; 0 = purely temporal kernels)."""
+    min_sigma_t_s: float = 0.01
+    """Lower bound of the temporal Gaussian width sigma_t (seconds)."""
+    max_sigma_t_s: float = 0.05
+    """Upper bound of sigma_t (seconds); <= kernel_half_s so the envelope fits the kernel to at least 1 sigma."""
+    min_sigma_f_mels: float = 0.5
+    """Lower bound of the spectral Gaussian width sigma_f (mel channels)."""
+    max_sigma_f_mels: float = 3.0
+    """Upper bound of sigma_f (mel channels)."""
     max_rate_hz: float = 25.0
-    """Bound of the temporal modulation rate |omega| (Hz); the sign is the orientation (up / down sweeps)."""
+    """Bound of the temporal modulation rate |omega| (Hz), below the frame Nyquist frames_per_token x token_rate / 2;
+    the sign of omega is the orientation (upward / downward ripples)."""
     max_scale_cyc_per_mel: float = 0.5
-    """Bound of the spectral modulation |Omega| (cycles per mel channel; 0.5 is the Nyquist of the mel axis)."""
+    """Bound of the spectral modulation Omega (cycles per mel channel, 0 < Omega < bound; 0.5 is the Nyquist of
+    the mel axis)."""
+    frequency_groups: int = 8
+    """G: the C modulus maps are averaged over G equal groups of mel channels; a token's feature is then
+    frames_per_token x C x G values (256 by default)."""
+    level_scale_db: float = 20.0
+    """The log-mel is divided by this level difference (dB) after removing the clip's mean, so a 20 dB contrast is
+    1.0 at the kernels' input: a fixed scale, the same at every rate (no per-clip variance)."""
 
     def logmel_config(self) -> LogMelConfig:
         return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
 
     def validate(self, prefix: str = "frontend.gabor_strf") -> None:
-        if self.num_filters < 1 or self.n_mels < 1 or self.frames_per_token < 1:
-            raise ConfigError(f"{prefix}.num_filters, n_mels and frames_per_token must be >= 1")
-        if self.frequency_groups < 1 or self.n_mels % self.frequency_groups:
-            raise ConfigError(f"{prefix}.frequency_groups must divide {prefix}.n_mels ({self.n_mels})")
-        if self.kernel_half_s <= 0 or self.kernel_half_mels < 0 or self.window_s <= 0 or self.f_max_hz <= 0:
-            raise ConfigError(f"{prefix}.kernel_half_s, window_s and f_max_hz must be > 0, kernel_half_mels >= 0")
-        if self.max_rate_hz <= 0:
-            raise ConfigError(f"{prefix}.max_rate_hz must be > 0")
+        for key in ("num_filters", "n_mels", "frames_per_token", "frequency_groups"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.n_mels % self.frequency_groups:
+            raise ConfigError(f"{prefix}.frequency_groups ({self.frequency_groups}) must divide {prefix}.n_mels "
+                              f"({self.n_mels})")
+        for key in ("window_s", "f_max_hz", "kernel_half_s", "min_sigma_t_s", "min_sigma_f_mels", "max_rate_hz",
+                    "level_scale_db"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{prefix}.{key} must be > 0, got {getattr(self, key)}")
+        if self.kernel_half_mels < 0:
+            raise ConfigError(f"{prefix}.kernel_half_mels must be >= 0, got {self.kernel_half_mels}")
+        if not self.min_sigma_t_s <= self.max_sigma_t_s <= self.kernel_half_s:
+            raise ConfigError(f"{prefix}.max_sigma_t_s must lie in [{prefix}.min_sigma_t_s, {prefix}.kernel_half_s] "
+                              f"seconds, got {self.max_sigma_t_s}")
+        if not self.min_sigma_f_mels <= self.max_sigma_f_mels:
+            raise ConfigError(f"{prefix}.max_sigma_f_mels must be >= {prefix}.min_sigma_f_mels, got "
+                              f"{self.max_sigma_f_mels}")
         if not 0 < self.max_scale_cyc_per_mel <= 0.5:
-            raise ConfigError(f"{prefix}.max_scale_cyc_per_mel must lie in (0, 0.5] cycles per mel channel")
+            raise ConfigError(f"{prefix}.max_scale_cyc_per_mel must lie in (0, 0.5] cycles per mel channel, got "
+                              f"{self.max_scale_cyc_per_mel}")
 
 
 @dataclass(frozen=True)
