@@ -207,74 +207,123 @@ class GaborStrfConfig:
 
 @dataclass(frozen=True)
 class LogMelPatchConfig:
-    """AST-style log-mel + patch embedding; see logmel_patch.py and docs/frontends/logmel_patch.md."""
+    """AST-style log-mel + patch embedding; see logmel_patch.py and docs/frontends/logmel_patch.md. Times in seconds,
+    frequencies in absolute Hz, levels in dB re the log-mel's power unit (a full-scale sine reads -6 dB in its mel
+    channel), so every field means the same at every input sample rate."""
 
     n_mels: int = 64
+    """M: mel channels (HTK mel from 0 Hz to f_max_hz on the absolute-Hz grid)."""
     window_s: float = 0.025
     """STFT window of the log-mel (seconds)."""
     f_max_hz: float = 96000.0
     """Top of the mel scale (absolute Hz); filters above a clip's Nyquist are silenced for that clip."""
     patch_mels: int = 8
-    """Mel channels per patch (AST: 16 of 128)."""
+    """Mel channels per patch (AST: 16 of 128); n_mels / patch_mels frequency patches per time step."""
     patch_frames: int = 2
-    """Frames per patch = frames per token: the log-mel runs at patch_frames x token_rate frames/s."""
+    """Frames per patch = frames per token: the log-mel runs at patch_frames x token_rate frames/s (100/s = 10 ms
+    hop at 50 tokens/s)."""
     channels: int = 16
-    """E: embedding channels per patch; a token concatenates the n_mels / patch_mels patches of its time step."""
+    """E: embedding channels per patch (the Conv2d's outputs); a token concatenates the n_mels / patch_mels patch
+    embeddings of its time step (E x n_mels / patch_mels = 128 features) before the Linear to D."""
+    normalization: Literal["clip", "fixed"] = "clip"
+    """clip: level relative to the clip's own mean and standard deviation over its sounding cells; fixed: level
+    above silence_db in units of fixed_scale_db (AST-like fixed statistics). Both map silence to exactly 0."""
+    silence_db: float = -90.0
+    """Silence level (dB): cells below it (digital silence, bands above the Nyquist, which hold -100 dB) are left
+    out of the per-clip statistics and always read 0. Must lie above -100 dB, the log(eps) floor."""
+    floor_std: float = 4.0
+    """clip: a cell reads (level - floor) / std with floor = max(mean - floor_std x std, silence_db), clamped at
+    0: cells more than floor_std standard deviations below the clip's mean count as silence."""
+    min_std_db: float = 3.0
+    """clip: lower bound of the per-clip standard deviation (dB), so a near-constant clip (DC, hum, dither) is not
+    blown up to unit variance."""
+    fixed_scale_db: float = 20.0
+    """fixed: a cell reads max(level - silence_db, 0) / fixed_scale_db (dB per unit)."""
 
     def logmel_config(self) -> LogMelConfig:
         return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
 
     def validate(self, prefix: str = "frontend.logmel_patch") -> None:
-        if self.n_mels < 1 or self.patch_mels < 1 or self.patch_frames < 1 or self.channels < 1:
-            raise ConfigError(f"{prefix}.n_mels, patch_mels, patch_frames and channels must be >= 1")
+        for key in ("n_mels", "patch_mels", "patch_frames", "channels"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}.{key} must be >= 1, got {getattr(self, key)}")
         if self.n_mels % self.patch_mels:
-            raise ConfigError(f"{prefix}.n_mels ({self.n_mels}) must be a multiple of {prefix}.patch_mels "
-                              f"({self.patch_mels})")
-        if self.window_s <= 0 or self.f_max_hz <= 0:
-            raise ConfigError(f"{prefix}.window_s and {prefix}.f_max_hz must be > 0")
+            raise ConfigError(f"{prefix}.patch_mels ({self.patch_mels}) must divide {prefix}.n_mels "
+                              f"({self.n_mels})")
+        for key in ("window_s", "f_max_hz", "floor_std", "min_std_db", "fixed_scale_db"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{prefix}.{key} must be > 0, got {getattr(self, key)}")
+        if self.normalization not in ("clip", "fixed"):
+            raise ConfigError(f"{prefix}.normalization must be 'clip' or 'fixed', got {self.normalization!r}")
+        if not -100.0 < self.silence_db < 0.0:  # -100 dB = 10 log10(LOG_EPS), the level of silenced filters
+            raise ConfigError(f"{prefix}.silence_db must lie in (-100, 0) dB, got {self.silence_db}")
 
 
 @dataclass(frozen=True)
 class AaPEConfig:
-    """AaPE-style adaptive stem (adaptive complex-sinusoid kernels fused with log-mel patch tokens); see aape.py and
-    docs/frontends/aape.md."""
+    """AaPE-style adaptive stem: the logmel_patch tokens fused with the responses of input-dependent complex
+    sinusoidal kernels (decay alpha in 1/s, modulation frequency omega in Hz) on each subband's log-mel trajectory;
+    see aape.py and docs/frontends/aape.md. The first eleven fields mean what they mean in LogMelPatchConfig."""
 
     n_mels: int = 64
+    """M: mel channels (HTK mel from 0 Hz to f_max_hz on the absolute-Hz grid)."""
     window_s: float = 0.0125
-    """STFT window (seconds). Shorter than logmel_patch's: the adaptive kernels read temporal modulations up to
+    """STFT window (seconds). Shorter than logmel_patch's: the kernels read temporal modulations up to
     frame_rate / 2 = 100 Hz, which a 25 ms window would smear."""
     f_max_hz: float = 96000.0
+    """Top of the mel scale (absolute Hz)."""
     patch_mels: int = 8
-    """Mel channels per patch; each patch row is one subband of the adaptive branch."""
+    """Mel channels per patch; each row of patches (patch_mels mel channels) is one subband of the adaptive branch."""
     patch_frames: int = 4
-    """Frames per patch = per token: the log-mel runs at patch_frames x token_rate frames/s (200/s by default), the
-    patch embedding down-samples it 4x in time; the adaptive branch looks at what that throws away."""
+    """Frames per patch = per token (>= 2): the log-mel runs at patch_frames x token_rate frames/s (200/s by
+    default); the patch embedding samples each subband at token_rate, the kernels read modulations between
+    token_rate / 2 and patch_frames x token_rate / 2 that this stride aliases."""
     channels: int = 16
     """E: embedding channels per patch."""
+    normalization: Literal["clip", "fixed"] = "clip"
+    """As LogMelPatchConfig.normalization."""
+    silence_db: float = -90.0
+    """As LogMelPatchConfig.silence_db (dB)."""
+    floor_std: float = 4.0
+    """As LogMelPatchConfig.floor_std (standard deviations)."""
+    min_std_db: float = 3.0
+    """As LogMelPatchConfig.min_std_db (dB)."""
+    fixed_scale_db: float = 20.0
+    """As LogMelPatchConfig.fixed_scale_db (dB)."""
     kernel_half_width_s: float = 0.04
-    """Support of each adaptive kernel beyond its patch on either side (seconds): exp(-alpha |t|) is cut there."""
-    decay_min_per_s: float = 5.0
-    """Lowest decay alpha (1/s) the Lambda encoder may predict (a long window, fine modulation resolution)."""
-    decay_max_per_s: float = 200.0
-    """Highest decay alpha (1/s) (a short window, fine time resolution)."""
+    """Support of each kernel beyond its patch on either side (seconds): a kernel spans the patch plus
+    round(kernel_half_width_s x frame_rate) frames each side (20 frames = 100 ms by default); exp(-alpha |t|) is
+    cut there."""
+    alpha_min_per_s: float = 5.0
+    """Lowest decay alpha (1/s) the Lambda encoder may predict: a long window, fine modulation resolution."""
+    alpha_max_per_s: float = 200.0
+    """Highest decay alpha (1/s): a short window (1/e at 5 ms), fine time resolution."""
     lambda_hidden: int = 32
-    """Hidden channels of the Lambda encoder (a conv over tokens of the patch embeddings)."""
+    """Hidden channels of the Lambda encoder (convs over the log-mel of each subband)."""
 
     def logmel_config(self) -> LogMelConfig:
         return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
 
+    def patch_config(self) -> LogMelPatchConfig:
+        """The patch-token branch: a LogMelPatchConfig with this config's shared fields."""
+        shared = ("n_mels", "window_s", "f_max_hz", "patch_mels", "patch_frames", "channels", "normalization",
+                  "silence_db", "floor_std", "min_std_db", "fixed_scale_db")
+        return LogMelPatchConfig(**{k: getattr(self, k) for k in shared})
+
     def validate(self, prefix: str = "frontend.aape") -> None:
-        if self.n_mels < 1 or self.patch_mels < 1 or self.patch_frames < 1 or self.channels < 1:
-            raise ConfigError(f"{prefix}.n_mels, patch_mels, patch_frames and channels must be >= 1")
-        if self.n_mels % self.patch_mels:
-            raise ConfigError(f"{prefix}.n_mels ({self.n_mels}) must be a multiple of {prefix}.patch_mels "
-                              f"({self.patch_mels})")
-        if self.window_s <= 0 or self.f_max_hz <= 0 or self.kernel_half_width_s < 0:
-            raise ConfigError(f"{prefix}.window_s and f_max_hz must be > 0, kernel_half_width_s >= 0")
-        if not 0 < self.decay_min_per_s < self.decay_max_per_s:
-            raise ConfigError(f"{prefix}.decay_min_per_s must be > 0 and < {prefix}.decay_max_per_s")
+        self.patch_config().validate(prefix)  # same field names, so its messages name our keys
+        if self.patch_frames < 2:
+            raise ConfigError(f"{prefix}.patch_frames must be >= 2 (the kernels read modulations above the token "
+                              f"rate's Nyquist, which needs frames finer than tokens), got {self.patch_frames}")
+        if not self.kernel_half_width_s >= 0:
+            raise ConfigError(f"{prefix}.kernel_half_width_s must be >= 0 seconds, got {self.kernel_half_width_s}")
+        if not self.alpha_min_per_s > 0:
+            raise ConfigError(f"{prefix}.alpha_min_per_s must be > 0 (1/s), got {self.alpha_min_per_s}")
+        if not self.alpha_max_per_s >= self.alpha_min_per_s:
+            raise ConfigError(f"{prefix}.alpha_max_per_s must be >= {prefix}.alpha_min_per_s "
+                              f"({self.alpha_min_per_s} 1/s), got {self.alpha_max_per_s}")
         if self.lambda_hidden < 1:
-            raise ConfigError(f"{prefix}.lambda_hidden must be >= 1")
+            raise ConfigError(f"{prefix}.lambda_hidden must be >= 1, got {self.lambda_hidden}")
 
 
 FRONTEND_NAMES = ("heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape")
