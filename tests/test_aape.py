@@ -23,6 +23,7 @@ from a2v_het.frontend.aape import (
 )
 from a2v_het.frontend.logmel_patch import LogMelPatches
 from a2v_het.train.config import PretrainConfig
+from signals import noise_and_tone as _noise_and_tone
 
 TOKEN_RATE = 50.0
 FRAME_RATE = 200.0  # patch_frames (4) x token_rate
@@ -33,11 +34,6 @@ def _fe(dim: int = 32, seed: int = 0, **kw) -> AaPEFrontend:
     torch.manual_seed(seed)
     return build_frontend(FrontendConfig(name="aape", dim=dim, aape=AaPEConfig(**kw))).eval()
 
-
-def _noise_and_tone(n: int, rate: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n, dtype=torch.float64) / rate
-    return (0.05 * torch.randn(n, generator=g, dtype=torch.float64) + 0.3 * torch.sin(2 * math.pi * 1500.0 * t)).float()
 
 
 def _pulse_train(n: int, rate: int, pulse_hz: float = 40.0) -> torch.Tensor:

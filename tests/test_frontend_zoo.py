@@ -12,6 +12,7 @@ import torch
 from a2v_het.frontend import FRONTEND_NAMES, FrontendConfig, build_frontend
 from a2v_het.model.config import ModelConfig
 from a2v_het.model.data2vec import Data2VecModel
+from signals import noise_and_tone as _noise_and_tone
 
 RATE_INDEPENDENT = [n for n in FRONTEND_NAMES if n != "conv"]
 TOKEN_RATE = 50.0
@@ -30,12 +31,6 @@ def _fe(name: str, seed: int = 0):
     torch.manual_seed(seed)
     return build_frontend(_cfg(name)).eval()
 
-
-def _noise_and_tone(n: int, rate: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n, dtype=torch.float64) / rate
-    x = 0.05 * torch.randn(n, generator=g, dtype=torch.float64) + 0.3 * torch.sin(2 * math.pi * 1500.0 * t)
-    return x.float()
 
 
 @pytest.mark.parametrize("name", RATE_INDEPENDENT)

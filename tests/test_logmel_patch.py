@@ -14,6 +14,7 @@ from a2v_het.config import ConfigError, load_config
 from a2v_het.frontend import FrontendConfig, LogMelPatchConfig, build_frontend
 from a2v_het.frontend.logmel_patch import LogMelPatchFrontend, normalize_levels
 from a2v_het.train.config import PretrainConfig
+from signals import noise_and_tone as _noise_and_tone
 
 TOKEN_RATE = 50.0
 
@@ -22,11 +23,6 @@ def _fe(dim: int = 32, seed: int = 0, **kw) -> LogMelPatchFrontend:
     torch.manual_seed(seed)
     return build_frontend(FrontendConfig(name="logmel_patch", dim=dim, logmel_patch=LogMelPatchConfig(**kw))).eval()
 
-
-def _noise_and_tone(n: int, rate: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(n, dtype=torch.float64) / rate
-    return (0.05 * torch.randn(n, generator=g, dtype=torch.float64) + 0.3 * torch.sin(2 * math.pi * 1500.0 * t)).float()
 
 
 def _band_limited(rate: int, seconds: float = 1.0) -> torch.Tensor:
