@@ -133,7 +133,9 @@ def test_bench_frontend_covers_every_frontend_at_8_16_48_96_khz_in_one_run():
     assert {sr for sr, _ in rows} == {8000, 16000, 48000, 96000}
     for (sr, name), r in rows.items():
         assert r["error"] is None, (sr, name, r["error"])
-        assert r["time_ms"] > 0 and r["peak_mem_mb"] > 0
+        # peak_mem_mb is rounded to 0.1 MB: a 0.2 s clip at 8 kHz through log-mel can read 0.0
+        assert r["time_ms"] > 0 and r["peak_mem_mb"] is not None and r["peak_mem_mb"] >= 0
         if name != "conv":
             assert r["tokens_per_clip"] == 10, (sr, name)  # 0.2 s x 50 tokens/s at every rate
     assert rows[(48000, "heterodyne")]["ratio_to_heterodyne"] == 1.0
+    assert rows[(96000, "conv")]["peak_mem_mb"] > rows[(8000, "conv")]["peak_mem_mb"] > 0  # memory is measured
