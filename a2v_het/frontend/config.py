@@ -3,7 +3,7 @@ every input sample rate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from a2v_het.config import ConfigError
@@ -260,36 +260,20 @@ class LogMelPatchConfig:
 
 
 @dataclass(frozen=True)
-class AaPEConfig:
+class AaPEConfig(LogMelPatchConfig):
     """AaPE-style adaptive stem: the logmel_patch tokens fused with the responses of input-dependent complex
     sinusoidal kernels (decay alpha in 1/s, modulation frequency omega in Hz) on each subband's log-mel trajectory;
-    see aape.py and docs/frontends/aape.md. The first eleven fields mean what they mean in LogMelPatchConfig."""
+    see aape.py and docs/frontends/aape.md. The inherited fields configure the patch-token branch and mean what they
+    mean in LogMelPatchConfig; two defaults differ."""
 
-    n_mels: int = 64
-    """M: mel channels (HTK mel from 0 Hz to f_max_hz on the absolute-Hz grid)."""
     window_s: float = 0.0125
     """STFT window (seconds). Shorter than logmel_patch's: the kernels read temporal modulations up to
     frame_rate / 2 = 100 Hz, which a 25 ms window would smear."""
-    f_max_hz: float = 96000.0
-    """Top of the mel scale (absolute Hz)."""
-    patch_mels: int = 8
-    """Mel channels per patch; each row of patches (patch_mels mel channels) is one subband of the adaptive branch."""
     patch_frames: int = 4
     """Frames per patch = per token (>= 2): the log-mel runs at patch_frames x token_rate frames/s (200/s by
     default); the patch embedding samples each subband at token_rate, the kernels read modulations between
-    token_rate / 2 and patch_frames x token_rate / 2 that this stride aliases."""
-    channels: int = 16
-    """E: embedding channels per patch."""
-    normalization: Literal["clip", "fixed"] = "clip"
-    """As LogMelPatchConfig.normalization."""
-    silence_db: float = -90.0
-    """As LogMelPatchConfig.silence_db (dB)."""
-    floor_std: float = 4.0
-    """As LogMelPatchConfig.floor_std (standard deviations)."""
-    min_std_db: float = 3.0
-    """As LogMelPatchConfig.min_std_db (dB)."""
-    fixed_scale_db: float = 20.0
-    """As LogMelPatchConfig.fixed_scale_db (dB)."""
+    token_rate / 2 and patch_frames x token_rate / 2 that this stride aliases. Each row of patches (patch_mels mel
+    channels) is one subband of the adaptive branch."""
     kernel_half_width_s: float = 0.04
     """Support of each kernel beyond its patch on either side (seconds): a kernel spans the patch plus
     round(kernel_half_width_s x frame_rate) frames each side (20 frames = 100 ms by default); exp(-alpha |t|) is
@@ -301,17 +285,12 @@ class AaPEConfig:
     lambda_hidden: int = 32
     """Hidden channels of the Lambda encoder (convs over the log-mel of each subband)."""
 
-    def logmel_config(self) -> LogMelConfig:
-        return LogMelConfig(n_mels=self.n_mels, window_s=self.window_s, f_max_hz=self.f_max_hz)
-
     def patch_config(self) -> LogMelPatchConfig:
-        """The patch-token branch: a LogMelPatchConfig with this config's shared fields."""
-        shared = ("n_mels", "window_s", "f_max_hz", "patch_mels", "patch_frames", "channels", "normalization",
-                  "silence_db", "floor_std", "min_std_db", "fixed_scale_db")
-        return LogMelPatchConfig(**{k: getattr(self, k) for k in shared})
+        """The patch-token branch: a LogMelPatchConfig with this config's inherited fields."""
+        return LogMelPatchConfig(**{f.name: getattr(self, f.name) for f in fields(LogMelPatchConfig)})
 
     def validate(self, prefix: str = "frontend.aape") -> None:
-        self.patch_config().validate(prefix)  # same field names, so its messages name our keys
+        super().validate(prefix)
         if self.patch_frames < 2:
             raise ConfigError(f"{prefix}.patch_frames must be >= 2 (the kernels read modulations above the token "
                               f"rate's Nyquist, which needs frames finer than tokens), got {self.patch_frames}")
