@@ -268,9 +268,10 @@ def test_loss_is_data2vec2_scaled_mse_at_masked_tokens():
         m = TINY.clone_batch
         mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
                                   torch.Generator().manual_seed(3))
-        x = model.encoder.add_position(tokens, pad).repeat_interleave(m, 0)
-        vis, pos = drop_masked(x, mask)
         padm = pad.repeat_interleave(m, 0)
+        # data2vec 2.0's order: masked tokens := 0, then the conv positions, then drop the masked ones
+        x = tokens.repeat_interleave(m, 0).masked_fill(mask[..., None], 0.0)
+        vis, pos = drop_masked(model.encoder.add_position(x, padm), mask)
         enc, _ = model.encoder(vis, padm.gather(1, pos), pos)
         full = torch.where(mask[..., None], model.mask_embedding, torch.zeros_like(x))
         for r in range(full.shape[0]):
@@ -283,6 +284,86 @@ def test_loss_is_data2vec2_scaled_mse_at_masked_tokens():
                     total += float(((pred[r, t] - targets[r // m, t]) ** 2).sum()) / math.sqrt(32)
                     count += 1
     assert float(logs["regression"]) == pytest.approx(total / count, rel=1e-4)
+
+
+def test_masked_tokens_cannot_leak_into_what_the_student_sees():
+    """Changing only the masked tokens leaves every student input bit-identical (the conv positional encoding has a
+    receptive field of several tokens, so it must not see the masked ones)."""
+    model = tiny_model()
+    wave, sr, lengths = clips()
+    m = TINY.clone_batch
+    with torch.no_grad():
+        tokens, pad, _ = model._tokens(wave, sr, lengths)
+        mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
+                                  torch.Generator().manual_seed(5))
+        x = tokens.repeat_interleave(m, 0)
+        padm = pad.repeat_interleave(m, 0)
+        other = torch.where(mask[..., None], 100.0 * torch.randn_like(x), x)  # only the masked tokens differ
+        a = model.student_inputs(x, padm, mask)
+        b = model.student_inputs(other, padm, mask)
+        assert torch.equal(a, b)
+        # ... and the visible tokens do matter (the test would pass trivially if the inputs were constant)
+        vis = ~mask & ~padm
+        changed = torch.where(vis[..., None], x + 1.0, x)
+        assert not torch.equal(model.student_inputs(changed, padm, mask), a)
+
+
+def test_forward_feeds_the_student_nothing_of_the_masked_tokens():
+    """End to end through forward: tokens masked in every clone of a clip are replaced (a hook on the token norm)
+    and the student encoder's inputs stay bit-identical, while the teacher's targets change."""
+    model = tiny_model(dataclasses.replace(TINY, z_normalize=False)).eval()
+    wave, sr, lengths = clips()
+    m = TINY.clone_batch
+    with torch.no_grad():
+        tokens, pad, _ = model._tokens(wave, sr, lengths)
+    mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
+                              torch.Generator().manual_seed(2))
+    everywhere = mask.view(2, m, -1).all(1)  # (B, N) masked in every clone
+    assert everywhere.any()
+    noise = 50.0 * torch.randn_like(tokens)
+
+    def run(replace: bool):
+        seen = []
+        hooks = [model.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))]
+        if replace:
+            hooks.append(model.token_norm.register_forward_hook(
+                lambda mod, args, out: torch.where(everywhere[..., None], noise, out)))
+        with torch.no_grad():
+            _, logs = model(wave, sr, lengths, generator=torch.Generator().manual_seed(2))
+        for h in hooks:
+            h.remove()
+        return seen[0], logs
+
+    a, logs_a = run(False)
+    b, logs_b = run(True)
+    assert torch.equal(a, b)
+    assert float(logs_a["target_var"]) != float(logs_b["target_var"])  # the change did reach the teacher
+
+
+def test_layerdrop_draw_depends_on_the_step_only():
+    """Two encoders on different global RNG streams (two ranks) drop the same blocks at the same step."""
+    enc = make_encoder(depth=8, layerdrop=0.5).train()
+    torch.manual_seed(1)
+    first = [enc.layers_to_drop(s) for s in range(20)]
+    torch.manual_seed(2)
+    torch.rand(7)  # another rank has drawn other numbers
+    second = [enc.layers_to_drop(s) for s in range(20)]
+    assert first == second
+    assert len({tuple(d) for d in first}) > 1 and any(any(d) for d in first)  # it does drop, and varies by step
+    assert enc.eval().layers_to_drop(3) == [False] * 8
+
+
+def test_negative_alibi_scale_is_clamped_to_zero():
+    enc = make_encoder().eval()
+    x = torch.randn(1, 9, 32)
+    with torch.no_grad():
+        enc.alibi_scale.fill_(-3.0)
+        neg, _ = enc(x, None)
+        enc.alibi_scale.fill_(0.0)
+        zero, _ = enc(x, None)
+        enc.alibi_scale.fill_(1.0)
+        one, _ = enc(x, None)
+    assert torch.equal(neg, zero) and not torch.allclose(one, zero)
 
 
 def test_conv_frontend_without_aux_losses():

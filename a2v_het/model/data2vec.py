@@ -3,9 +3,15 @@ masked clones of each clip (masked tokens dropped before the encoder) and a ligh
 the masked tokens. The frontend's coverage losses are added to the objective.
 
     wave --z-norm--> frontend --LN (+Linear)--> tokens --+--> teacher.add_position -> teacher blocks -> targets
-                                                         +--> student.add_position -> x M clones -> drop masked
-                                                              -> student blocks (original positions) -> restore with
-                                                              mask embedding -> decoder -> predictions at the masks
+                                                         +--> x M clones -> masked tokens := 0 -> student.add_position
+                                                              -> drop masked -> student blocks (original positions)
+                                                              -> restore with mask embedding -> decoder
+                                                              -> predictions at the masks
+
+The student's conv positional encoding runs on each clone *after* its masked tokens are zeroed (data2vec 2.0's
+``encoder_zero_mask`` before the ``relative_positional_encoder``): run on the full sequence, its receptive field
+(depth x (kernel - 1) tokens, ~90 for the base model) would carry the masked tokens' content into the visible ones
+the student encodes, and the regression would partly become copying.
 
 The token LayerNorm / projection and the frontend are shared by student and teacher (data2vec 2.0's
 ``ema_encoder_only``); the teacher input is detached, so targets never pass gradients.
@@ -25,7 +31,7 @@ from a2v_het.model.config import ModelConfig
 from a2v_het.model.decoder import Decoder
 from a2v_het.model.ema import EMATeacher, ema_decay_at
 from a2v_het.model.encoder import Encoder
-from a2v_het.model.masking import compute_mask, drop_masked, restore
+from a2v_het.model.masking import compute_mask, restore, visible_positions
 from a2v_het.model.targets import build_targets
 
 
@@ -49,11 +55,15 @@ def normalize_wave(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
         return (x - mean) * torch.rsqrt(var + eps) * valid
 
 
-def _channel_variance(x: Tensor) -> Tensor:
-    """(P, D) -> scalar: mean over channels of the (biased) variance across the P rows; 0 when P == 0."""
-    if x.shape[0] == 0:
-        return x.new_zeros(())
-    return x.var(dim=0, correction=0).mean()
+def _weighted_channel_variance(x: Tensor, weight: Tensor) -> Tensor:
+    """x (..., D), weight (...) in {0, 1} -> scalar fp32: mean over channels of the (biased) variance across the
+    selected tokens; 0 when none is selected. Computed without indexing, so without a host sync."""
+    w = weight[..., None].float()
+    count = w.sum().clamp_min(1.0)
+    x = torch.where(w > 0, x.float(), torch.zeros((), device=x.device))
+    mean = (x * w).flatten(0, -2).sum(0) / count  # (D,)
+    var = ((x - mean).square() * w).flatten(0, -2).sum(0) / count
+    return var.mean()
 
 
 class Data2VecModel(nn.Module):
@@ -119,6 +129,20 @@ class Data2VecModel(nn.Module):
         tokens = self.token_proj(self.token_norm(out.tokens))
         return tokens, out.padding_mask.bool(), out
 
+    def student_inputs(self, x: Tensor, padding_mask: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
+        """What the student's blocks see: x (R, N, D) tokens of R clones, padding_mask (R, N) True = pad, mask (R, N)
+        True = masked (equal count per row), positions (R, V) visible indices (from the mask when None)
+        -> (R, V, D) the visible tokens with their conv positional encoding.
+
+        Masked tokens are set to 0 *before* the positional conv (data2vec 2.0's ``encoder_zero_mask``), so the
+        result depends on the visible tokens only: changing a masked token changes nothing the student sees.
+        """
+        if positions is None:
+            positions = visible_positions(mask.cpu()).to(x.device)
+        x = x.masked_fill(mask[..., None], 0.0)
+        x = self.encoder.add_position(x, padding_mask)
+        return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
+
     @torch.no_grad()
     def _teacher_targets(self, tokens: Tensor, padding_mask: Tensor) -> Tensor:
         """Teacher on the unmasked tokens of each clip -> targets (B, N, D) fp32."""
@@ -132,14 +156,18 @@ class Data2VecModel(nn.Module):
             _, layers = teacher(teacher.add_position(x, padding_mask), padding_mask)
         return build_targets(layers, self.cfg.average_top_k_layers, padding_mask, self.cfg.instance_norm_targets)
 
-    def _regression_loss(self, pred: Tensor, target: Tensor) -> Tensor:
-        """pred, target (P, D) -> scalar fp32: per-token loss summed over channels / sqrt(D) (data2vec 2.0 scaling),
-        averaged over the P masked tokens (0 when P == 0, still attached to the graph)."""
+    def _regression_loss(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+        """pred (..., D), target broadcastable to it, weight (...) 1 = masked valid token, 0 = ignored -> scalar
+        fp32: per-token loss summed over channels / sqrt(D) (data2vec 2.0 scaling), averaged over the selected
+        tokens (0 when none is selected, still attached to the graph)."""
+        target = target.expand_as(pred)
         if self.cfg.loss == "mse":
             per = F.mse_loss(pred, target, reduction="none")
         else:
             per = F.smooth_l1_loss(pred, target, reduction="none", beta=self.cfg.smooth_l1_beta)
-        return per.sum() / (math.sqrt(pred.shape[-1]) * max(pred.shape[0], 1))
+        # where(), not a product: a non-selected token's loss must not leak NaN/inf into the sum.
+        per = torch.where(weight[..., None] > 0, per, torch.zeros((), dtype=per.dtype, device=per.device))
+        return per.sum() / (math.sqrt(pred.shape[-1]) * weight.sum().clamp_min(1.0))
 
     def _aux_total(self, aux: dict[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(lambda_e * energy + lambda_s * surprise, energy, surprise), absent terms = 0 (e.g. the conv frontend)."""
@@ -169,29 +197,34 @@ class Data2VecModel(nn.Module):
 
         targets = self._teacher_targets(tokens, padding_mask)  # (B, N, D) fp32
 
-        # Student: conv positions on the full sequence, then M clones, each with its own mask, masked tokens dropped.
-        x = self.encoder.add_position(tokens, padding_mask).repeat_interleave(m, dim=0)  # (B*M, N, D)
+        # Student: M clones, each with its own mask. The mask and the visible positions are computed on the CPU
+        # (where the generator lives) before the copy to the device, so no step waits on a device -> host sync.
+        mask_cpu = compute_mask(b, n, padding_mask, c.mask_prob, c.mask_length, m, generator, c.mask_type)
+        positions = visible_positions(mask_cpu.cpu()).to(tokens.device)  # (B*M, V)
+        mask = mask_cpu.to(tokens.device)
         pad = padding_mask.repeat_interleave(m, dim=0)
-        mask = compute_mask(b, n, padding_mask, c.mask_prob, c.mask_length, m, generator, c.mask_type)
-        mask = mask.to(tokens.device)
-        visible, positions = drop_masked(x, mask)  # (B*M, V, D), (B*M, V)
-        encoded, _ = self.encoder(visible, pad.gather(1, positions), positions)
-        pred = self.decoder(restore(encoded, mask, self.mask_embedding), pad)  # (B*M, N, D)
+        visible = self.student_inputs(tokens.repeat_interleave(m, dim=0), pad, mask, positions)  # (B*M, V, D)
+        encoded, _ = self.encoder(visible, pad.gather(1, positions), positions, layerdrop_seed=step)
+        pred = self.decoder(restore(encoded, mask, self.mask_embedding, positions), pad)  # (B*M, N, D)
 
-        rows, cols = torch.nonzero(mask & ~pad, as_tuple=True)  # the masked, valid tokens
         with torch.autocast(device_type=tokens.device.type, enabled=False):
-            p = pred[rows, cols].float()
-            t = targets[rows // m, cols]  # clone row -> its clip's targets, without materialising M copies
-            regression = self._regression_loss(p, t)
+            # Loss over the masked, valid tokens as a weighted sum over all of them: boolean indexing would need the
+            # number of selected tokens on the host (a sync per step). (B*M, N, D) -> (B, M, N, D) puts clone j of
+            # clip b (row b*M + j, repeat_interleave's order) beside its clip's targets without copying them M times.
+            sel = (mask & ~pad).float().view(b, m, n)
+            p = pred.float().view(b, m, n, -1)
+            t = targets[:, None]
+            regression = self._regression_loss(p, t, sel)
             aux_total, energy, surprise = self._aux_total(out.aux_losses, regression)
             loss = regression + aux_total
 
-            n_valid = (~pad).sum()
+            n_masked = sel.sum()
             logs = {
                 "loss": loss, "regression": regression, "energy": energy, "surprise": surprise,
-                "target_var": _channel_variance(t), "pred_var": _channel_variance(p),
-                "mask_ratio": rows.numel() / n_valid.clamp_min(1).float(),
-                "masked_tokens": torch.tensor(float(rows.numel()), device=loss.device),
+                "target_var": _weighted_channel_variance(t.expand_as(p), sel),
+                "pred_var": _weighted_channel_variance(p, sel),
+                "mask_ratio": n_masked / (~pad).sum().clamp_min(1).float(),
+                "masked_tokens": n_masked,
                 "tokens": (~padding_mask).sum().float(),  # valid tokens of the clips (throughput logging)
                 "ema_decay": torch.tensor(self.ema_decay(step), device=loss.device),
             }

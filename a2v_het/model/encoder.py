@@ -2,8 +2,9 @@
 
 Two stages, because the student drops its masked tokens in between (data2vec 2.0's order):
 
-1. :meth:`Encoder.add_position` runs the grouped conv positional encoding over the *full* token sequence. A conv over
-   the student's compacted visible tokens would treat tokens far apart in time as neighbours.
+1. :meth:`Encoder.add_position` runs the grouped conv positional encoding over the *full* token sequence (for the
+   student: each clone's sequence with its masked tokens set to 0, see ``Data2VecModel.student_inputs``). A conv
+   over the student's compacted visible tokens would treat tokens far apart in time as neighbours.
 2. :meth:`Encoder.forward` runs the blocks on whatever tokens it is given (all of them, or only the visible ones)
    with ALiBi computed from the tokens' *original* ``positions``, so dropping a token is exactly equivalent to
    hiding it from attention.
@@ -180,14 +181,27 @@ class Encoder(nn.Module):
         """Conv positional encoding over the full sequence (before any token is dropped): (B, N, D) -> (B, N, D)."""
         return x if self.pos_conv is None else self.pos_conv(x, padding_mask)
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None = None
-                ) -> tuple[Tensor, list[Tensor]]:
+    def layers_to_drop(self, seed: int) -> list[bool]:
+        """Which blocks layerdrop skips in this forward: ``depth`` bools, drawn from a generator seeded by ``seed``
+        (the optimizer step), never from the global RNG. Every rank must skip the same blocks: ZeRO-2 reduces
+        gradients in buckets in the order they are produced, and a rank that skipped a block another rank ran would
+        reduce mismatched buckets (or wait forever for a gradient that never comes)."""
+        if not (self.training and self.cfg.layerdrop > 0):
+            return [False] * len(self.blocks)
+        # A fixed offset keeps this stream apart from torch.manual_seed(step)-style seeding elsewhere.
+        g = torch.Generator().manual_seed(0x1A7E_D809 + int(seed))
+        return (torch.rand(len(self.blocks), generator=g) < self.cfg.layerdrop).tolist()
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None = None,
+                layerdrop_seed: int = 0) -> tuple[Tensor, list[Tensor]]:
         """Run the blocks.
 
         Args:
             x: (R, V, D) tokens after :meth:`add_position` (all N tokens, or the V visible ones).
             padding_mask: (R, V) bool, True = padding (excluded as attention keys), or None.
             positions: (R, V) int64 original token indices for ALiBi; None means ``arange(V)``.
+            layerdrop_seed: seeds the layerdrop draw (:meth:`layers_to_drop`); pass the optimizer step, which is
+                the same on every rank.
         Returns: final (R, V, D) = LayerNorm of the residual stream; layer_outputs: ``depth`` tensors (R, V, D), the
             FFN output of each block (zeros for a block skipped by layerdrop: it added nothing to the stream).
         """
@@ -196,13 +210,15 @@ class Encoder(nn.Module):
         if self.cfg.alibi:
             if positions is None:
                 positions = torch.arange(v, device=x.device)
-            alibi = alibi_bias(positions, self.alibi_slopes * self.alibi_scale)
+            # Clamped at 0 as in data2vec 2.0 / animal2vec: a negative scale would turn the distance penalty into a
+            # bonus for attending far away.
+            alibi = alibi_bias(positions, self.alibi_slopes * self.alibi_scale.clamp_min(0.0))
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         bias = attention_bias(padding_mask, alibi, dtype)
 
         layer_outputs = []
-        for blk in self.blocks:
-            if self.training and self.cfg.layerdrop > 0 and torch.rand(()) < self.cfg.layerdrop:
+        for blk, drop in zip(self.blocks, self.layers_to_drop(layerdrop_seed)):
+            if drop:
                 layer_outputs.append(torch.zeros_like(x))
                 continue
             x, ffn = blk(x, bias)

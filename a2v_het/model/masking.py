@@ -140,13 +140,16 @@ def drop_masked(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return visible, positions
 
 
-def restore(visible: Tensor, mask: Tensor, fill: Tensor) -> Tensor:
+def restore(visible: Tensor, mask: Tensor, fill: Tensor, positions: Tensor | None = None) -> Tensor:
     """Inverse of :func:`drop_masked`: visible (R, V, D) back to (R, N, D), masked slots set to ``fill`` (D,).
 
-    ``fill`` is the decoder's learned mask embedding; it receives the gradient of every masked slot.
+    ``fill`` is the decoder's learned mask embedding; it receives the gradient of every masked slot. ``positions``
+    (R, V), when given, must be ``visible_positions(mask)`` (saves recomputing it, and the host sync that costs on
+    a device mask).
     """
     r, n = mask.shape
     d = visible.shape[-1]
-    positions = visible_positions(mask)
+    if positions is None:
+        positions = visible_positions(mask)
     out = visible.new_zeros(r, n, d).scatter(1, positions[..., None].expand(-1, -1, d), visible)
     return torch.where(mask[..., None], fill.to(visible.dtype), out)
