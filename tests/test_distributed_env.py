@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from a2v_het.train import preemption
-from a2v_het.train.distributed import dist_env_from, expand_nodelist, first_slurm_host, slurm_port, submitit_port
+from a2v_het.train.distributed import (dist_env_from, expand_nodelist, first_slurm_host, rank_variables, slurm_port,
+                                       submitit_port, visible_device_index)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke.yaml"
@@ -39,6 +40,22 @@ def test_single_process_without_any_launcher():
     d = dist_env_from({})
     assert (d.rank, d.world_size, d.local_rank, d.source, d.is_main) == (0, 1, 0, "single", True)
     assert d.master_addr == "127.0.0.1" and 0 < d.master_port < 65536
+
+
+def test_one_visible_gpu_per_task_binds_device_0_on_every_rank():
+    """SLURM GPU binding: 4 tasks on a node, each sees only its own GPU (CUDA_VISIBLE_DEVICES=<one id>, so the
+    device count is 1). DeepSpeed calls set_device(LOCAL_RANK): the exported LOCAL_RANK must be 0 on every task,
+    not the task's SLURM_LOCALID."""
+    for localid in range(4):
+        env = srun_task(localid, 4, localid, "gpu01", CUDA_VISIBLE_DEVICES=str(localid))
+        dist = dist_env_from(env)
+        assert dist.local_rank == localid
+        device_count = len(env["CUDA_VISIBLE_DEVICES"].split(","))  # what torch.cuda.device_count() reports
+        assert rank_variables(dist, device_count)["LOCAL_RANK"] == "0"
+    # all 4 GPUs visible to every task: the local rank is the device index
+    assert [visible_device_index(r, 4) for r in range(4)] == [0, 1, 2, 3]
+    assert [visible_device_index(r, 2) for r in range(4)] == [0, 1, 0, 1]
+    assert visible_device_index(3, 0) == 3  # CPU: unchanged
 
 
 def test_torchrun_variables():

@@ -234,14 +234,27 @@ class Data2VecModel(nn.Module):
 
     def check_collapse(self, logs: dict[str, Tensor], step: int) -> None:
         """Raise :class:`TrainingCollapsed` once ``step >= collapse_check_after`` if the target or prediction
-        variance (from :meth:`forward`'s logs) is below its threshold."""
+        variance (from :meth:`forward`'s logs, scalar tensors or floats) is below its threshold.
+
+        Collective when a process group of several ranks is up: every rank must call it at the same steps. The two
+        variances are averaged over the ranks first (data2vec all-reduces them too), so every rank decides on the
+        same numbers and all raise together; a rank raising on its own statistics would leave the others blocked
+        in their next collective until the NCCL timeout.
+        """
         c = self.cfg
         if step < c.collapse_check_after:
             return
         checks = (("target_var", c.collapse_min_target_var, "the EMA teacher's targets"),
                   ("pred_var", c.collapse_min_pred_var, "the student's predictions"))
-        for key, threshold, what in checks:
-            value = float(logs[key])
+        device = next(self.parameters()).device
+        stats = torch.stack([torch.as_tensor(logs[key], dtype=torch.float32).to(device).reshape(())
+                             for key, _, _ in checks])
+        if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(stats, op=torch.distributed.ReduceOp.SUM)
+            stats = stats / torch.distributed.get_world_size()
+        values = stats.tolist()  # NaN on any rank is NaN in the mean: every rank raises
+        for (key, threshold, what), value in zip(checks, values):
             if not value >= threshold:  # also catches NaN
                 raise TrainingCollapsed(
                     f"training collapsed at step {step}: {key} = {value:.3g} < model.collapse_min_{key} = "

@@ -67,6 +67,10 @@ class TrainConfig:
     keep_last: int = 3
     max_time_s: float = 0.0
     """Stop (with a checkpoint) after this many seconds of training; 0 = no limit."""
+    resume_weights_only: bool = False
+    """Resume ``latest`` without its optimizer state (weights, EMA teacher, step, data position and RNG are kept;
+    AdamW moments start fresh). Needed when the world size changed under ZeRO-1/2, whose optimizer state is
+    partitioned over the ranks that wrote it."""
     stop_after_steps: int = 0
     """Stop (with a checkpoint) after this many optimizer steps of this invocation; 0 = no limit. Time-sliced
     jobs; the schedules still follow max_steps."""

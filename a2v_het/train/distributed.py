@@ -160,13 +160,32 @@ def dist_env_from(environ: Mapping[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 1, 0, "127.0.0.1", int(env.get("MASTER_PORT", 0)) or _free_port(), "single")
 
 
+def visible_device_index(local_rank: int, device_count: int) -> int:
+    """The GPU index this rank uses among the ones it can see: ``local_rank % device_count``.
+
+    The local rank counts tasks on a node, not GPUs a task sees. Under SLURM GPU binding (``--gpus-per-task``,
+    ``--gpu-bind``) every task sees only its own GPU as device 0, so the raw local rank 1, 2, ... names a device
+    that does not exist ("invalid device ordinal"); with all GPUs visible the two agree. Without a GPU
+    (``device_count`` 0) the local rank is returned unchanged (nothing to bind).
+    """
+    return local_rank % device_count if device_count > 0 else local_rank
+
+
+def rank_variables(dist: DistEnv, device_count: int) -> dict[str, str]:
+    """The environment :func:`init_distributed` exports. ``LOCAL_RANK`` is the *visible device index*
+    (:func:`visible_device_index`), because DeepSpeed calls ``set_device(LOCAL_RANK)`` itself."""
+    return {"RANK": str(dist.rank), "WORLD_SIZE": str(dist.world_size),
+            "LOCAL_RANK": str(visible_device_index(dist.local_rank, device_count)),
+            "MASTER_ADDR": dist.master_addr, "MASTER_PORT": str(dist.master_port)}
+
+
 def init_distributed(dist: DistEnv) -> str:
     """Export the variables torch/webdataset/DeepSpeed read, start the process group; returns the backend."""
-    os.environ.update(RANK=str(dist.rank), WORLD_SIZE=str(dist.world_size), LOCAL_RANK=str(dist.local_rank),
-                      MASTER_ADDR=dist.master_addr, MASTER_PORT=str(dist.master_port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
-        torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+    device_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    os.environ.update(rank_variables(dist, device_count))
+    backend = "nccl" if device_count else "gloo"
+    if device_count:
+        torch.cuda.set_device(visible_device_index(dist.local_rank, device_count))
     import deepspeed
 
     if not torch.distributed.is_initialized():

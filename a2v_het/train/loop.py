@@ -8,7 +8,7 @@ agree on at the next step; they then save together and exit.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import random
 import time
 from pathlib import Path
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2v_het.config import config_to_dict, save_config
+from a2v_het.config import ConfigError, config_to_dict, save_config
 from a2v_het.train import preemption
 from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights, save_checkpoint
 from a2v_het.train.config import PretrainConfig
@@ -24,6 +24,11 @@ from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
 from a2v_het.train.objective import build_objective, has_teacher
 from a2v_het.train.schedule import cosine_with_warmup
+
+# DeepSpeed skips an optimizer step whose gradient norm is not finite (ZeRO-1/2). A few skips are survivable; this
+# many in a row means the weights or the data are broken, and going on would only burn the allocation.
+MAX_CONSECUTIVE_SKIPPED_STEPS = 50
+
 
 def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:
     """Create the synthetic shards named by the recipe when asked to and absent (rank 0; the others wait)."""
@@ -69,8 +74,10 @@ def resolve_precision(cfg: PretrainConfig) -> str:
 
 
 def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
-    # Mixed precision is torch autocast around the forward with fp32 weights, not DeepSpeed's bf16 mode: the
-    # frontend's spectral statistics and the losses run in fp32 islands that need fp32 weights next to them.
+    # Mixed precision is torch autocast inside the module's forward with fp32 weights (autocast_inside), not
+    # DeepSpeed's bf16 mode: the frontend's spectral statistics and the losses run in fp32 islands that need fp32
+    # weights next to them. DeepSpeed's own `torch_autocast` section stays off: it would also mark Linear/Conv
+    # gradients for bf16 all-reduce, a numerics change of its own.
     return {
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_accumulation_steps": cfg.optim.grad_accum,
@@ -83,12 +90,74 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
     }
 
 
+def autocast_inside(module: torch.nn.Module, device_type: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Make ``module``'s own forward run under ``torch.autocast(device_type, dtype)``; returns the module.
+
+    An autocast opened around ``engine(...)`` does not survive: DeepSpeed's forward wrapper
+    (``runtime/torch_autocast.py: autocast_if_enabled``) switches autocast *off* around the module call whenever
+    its own ``torch_autocast`` section is off and CUDA autocast is on, so a GPU run would silently train in fp32.
+    Entered inside the module's forward, autocast is on whatever the wrapper did. The parameter names (and so the
+    checkpoints and exports) are unchanged: only the instance's ``forward`` attribute is replaced.
+    """
+    inner = module.forward
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        with torch.autocast(device_type=device_type, dtype=dtype):
+            return inner(*args, **kwargs)
+
+    module.forward = forward
+    return module
+
+
+def build_engine(cfg: PretrainConfig, objective: torch.nn.Module, world_size: int, precision: str,
+                 device: torch.device):
+    """The objective (already on ``device``) -> (DeepSpeed engine, its optimizer). Client AdamW with the
+    objective's parameter groups; bf16 means autocast inside the objective's forward (:func:`autocast_inside`)."""
+    if precision == "bf16":
+        autocast_inside(objective, device.type, torch.bfloat16)
+    optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
+    import deepspeed  # here, not at the top: DS_ACCELERATOR must be decided before DeepSpeed is first imported
+
+    engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
+                                                   config=deepspeed_config(cfg, world_size))
+    # DeepSpeed's own loader unpickles (weights_only=False); ours accepts tensors and plain containers only.
+    engine.checkpoint_engine.load = _load_weights_only
+    return engine, optimizer
+
+
+def finish_optimizer_step(engine, objective, step: int) -> tuple[int, float | None]:
+    """After ``engine.step()`` at an accumulation boundary: (next step, EMA decay used) when the optimizer really
+    stepped; (``step``, None) when DeepSpeed skipped it (non-finite gradient norm under ZeRO-1/2). A skipped step
+    moves neither the teacher nor the step counter, so the LR and EMA schedules stay aligned with the updates that
+    happened. DeepSpeed all-reduces the overflow flag, so every rank takes the same branch."""
+    if not engine.was_step_applied():
+        return step, None
+    return step + 1, objective.ema_step(step)
+
+
 def _rng_state() -> dict:
-    # Plain lists/tensors only, so the checkpoint loads with torch.load(weights_only=True).
+    # Plain lists/tensors only, so the checkpoint loads with torch.load(weights_only=True). Only the current GPU's
+    # state: the one this rank draws from. All visible GPUs' states would not restore when a requeued job sees
+    # fewer of them (one GPU per task under SLURM binding).
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
             "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+def device_rng_state(saved, device_index: int) -> torch.Tensor | None:
+    """The saved GPU RNG state this rank should restore: ``saved`` is one state (this format), a list of every
+    visible GPU's states (checkpoints written before: entry ``device_index`` if it exists, else the first), or
+    None / [] (written on a CPU)."""
+    if saved is None:
+        return None
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return None
+        return saved[device_index] if device_index < len(saved) else saved[0]
+    return saved
 
 
 def _set_rng_state(state: dict) -> None:
@@ -96,8 +165,35 @@ def _set_rng_state(state: dict) -> None:
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if torch.cuda.is_available():
+        cuda = device_rng_state(state.get("cuda"), torch.cuda.current_device())
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)  # the current device only
+
+
+def checkpoint_world_size(folder: Path) -> int | None:
+    """How many data-parallel ranks wrote this DeepSpeed checkpoint: its count of ZeRO partition files
+    (``*zero_pp_rank_<r>_mp_rank_00_optim_states.pt``, one per rank under ZeRO-1/2); None without them (ZeRO-0,
+    whose optimizer state is not partitioned)."""
+    ranks = {p.name.split("zero_pp_rank_")[1].split("_")[0] for p in Path(folder).glob("*zero_pp_rank_*optim_states.pt")}
+    return len(ranks) or None
+
+
+def check_resumable(cfg: PretrainConfig, run_dir: Path, world_size: int) -> None:
+    """Stop before any work when ``latest`` cannot be resumed as asked: ZeRO-1/2 optimizer states are partitioned
+    over the ranks that wrote them, and DeepSpeed cannot re-partition them for another world size (it fails deep
+    inside its loader). Raises ConfigError saying what to do."""
+    tag = latest_tag(run_dir)
+    if tag is None or cfg.train.resume_weights_only:
+        return
+    saved = checkpoint_world_size(checkpoint_root(run_dir) / tag)
+    if saved is not None and saved != world_size:
+        raise ConfigError(
+            f"{checkpoint_root(run_dir) / tag} was written by {saved} ranks with a ZeRO-partitioned optimizer state; "
+            f"this job has {world_size}. Either run with {saved} ranks (e.g. `sbatch --nodes=... "
+            f"--ntasks-per-node=... --gres=gpu:...` giving {saved} tasks), or pass train.resume_weights_only=true to "
+            "continue from its weights, EMA teacher, step and data position with fresh AdamW moments, or convert it "
+            "with DeepSpeed's `python -m deepspeed.checkpoint.ds_to_universal` and load that yourself.")
 
 
 def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
@@ -111,6 +207,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     ensure_shards(cfg, dist.is_main)
+    check_resumable(cfg, run_dir, dist.world_size)
 
     seed = cfg.train.seed
     torch.manual_seed(seed)  # the same initial weights on every rank
@@ -121,14 +218,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
 
     # A config may bring its own objective (FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective).
     objective = (cfg.build_objective() if hasattr(cfg, "build_objective") else build_objective(cfg)).to(device)
-    optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                  betas=cfg.optim.betas, eps=cfg.optim.eps)
-    import deepspeed
-
-    engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
-                                                   config=deepspeed_config(cfg, dist.world_size))
-    # DeepSpeed's own loader unpickles (weights_only=False); ours accepts tensors and plain containers only.
-    engine.checkpoint_engine.load = _load_weights_only
+    engine, optimizer = build_engine(cfg, objective, dist.world_size, precision, device)
     lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
 
     # ---- resume
@@ -136,7 +226,9 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     torch.manual_seed(seed * 1_000_003 + dist.rank + 1)  # masks and dropout differ per rank; weights are built
     tag = latest_tag(run_dir)
     if tag is not None:
-        _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag, load_lr_scheduler_states=False)
+        weights_only = cfg.train.resume_weights_only
+        _, client = engine.load_checkpoint(str(checkpoint_root(run_dir)), tag=tag, load_lr_scheduler_states=False,
+                                           load_optimizer_states=not weights_only, load_module_only=weights_only)
         step, micro = int(client["step"]), int(client["micro_step"])
         run_id, resumes = client.get("wandb_run_id"), int(client.get("resumes", 0)) + 1
         if has_teacher(objective):
@@ -153,12 +245,8 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         # already consumed (at most one epoch of decoding), so the data stream continues exactly.
         return make_train_loader(cfg.data.shards, cfg.data.batch_size, cfg.data.duration_s, cfg.data.num_workers,
                                  seed=seed * 1_000_003 + epoch, samples_per_epoch=cfg.data.samples_per_epoch,
-                                 split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size)
-
-    def autocast():
-        if precision == "bf16":
-            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+                                 split=cfg.data.train_split, rank=dist.rank, world_size=dist.world_size,
+                                 pin_memory=device.type == "cuda")  # pinned: the non_blocking copies overlap
 
     def checkpoint() -> None:
         client = {"step": step, "micro_step": micro, "wandb_run_id": logger.run_id, "resumes": resumes,
@@ -169,8 +257,10 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         save_checkpoint(engine, objective, run_dir, step, client, cfg.train.keep_last, dist.is_main, extra)
 
     t_start, start_step = time.time(), step
-    t_log, audio_s, tokens, skipped = time.time(), 0.0, 0, 0
-    sums: dict[str, float] = {}
+    # The logs stay device tensors, summed on the device, and reach the host once per log step: a float() per key
+    # and step would make the host wait for the device every step.
+    t_log, audio_s, skipped, skipped_steps, consecutive_skips = time.time(), 0.0, 0, 0, 0
+    sums: dict[str, torch.Tensor] = {}
     n_sums = 0
     done = step >= cfg.train.max_steps
     engine.train()
@@ -182,15 +272,14 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             if i < skip:
                 continue
             wave = batch["wave"].to(device, non_blocking=True)
-            rates = batch["sample_rate"].to(device)
-            lengths = batch["lengths"].to(device)
+            rates = batch["sample_rate"].to(device, non_blocking=True)
+            lengths = batch["lengths"].to(device, non_blocking=True)
             if cfg.data.bc_mixup:
                 from a2v_het.model.mixup import bc_mixup
 
                 wave, lengths, _, _ = bc_mixup(wave, lengths, rates, None)
             extra = objective.batch_inputs(batch, device) if hasattr(objective, "batch_inputs") else {}
-            with autocast():
-                loss, logs = engine(wave, rates, lengths, step, **extra)
+            loss, logs = engine(wave, rates, lengths, step, **extra)  # bf16 autocast inside (build_engine)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             if boundary:
@@ -200,28 +289,44 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             engine.step()
             micro += 1
 
-            audio_s += float((lengths.double() / rates.double()).sum())
-            tokens += int(logs["tokens"]) if "tokens" in logs else 0
+            # From the CPU copies of the batch: no device sync.
+            audio_s += float((batch["lengths"].double() / batch["sample_rate"].double()).sum())
             skipped += int(batch.get("num_skipped", 0))
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                v = v.detach().float().reshape(())
+                sums[k] = sums[k] + v if k in sums else v.clone()
             n_sums += 1
             if not boundary:
                 continue
 
-            ema = objective.ema_step(step)
-            step += 1
-            objective.check_collapse({k: v / n_sums for k, v in sums.items()}, step)
+            step, ema = finish_optimizer_step(engine, objective, step)
+            if ema is None:  # DeepSpeed skipped the update: same step again with the next batch
+                skipped_steps += 1
+                consecutive_skips += 1
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPPED_STEPS:
+                    raise FloatingPointError(
+                        f"{consecutive_skips} optimizer steps in a row skipped for a non-finite gradient norm at step "
+                        f"{step}: the weights or the data are broken. Resume from an earlier checkpoint with a lower "
+                        "optim.lr or a longer optim.warmup_steps, and check the data (a2v-het bench data).")
+                continue
+            consecutive_skips = 0
 
             if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
                 dt = max(time.time() - t_log, 1e-9)
-                metrics = {k: v / n_sums for k, v in sums.items()}
+                keys = sorted(sums)
+                means = torch.stack([sums[k] for k in keys]) / n_sums
+                # The collapse guard reads the window's means, reduced over the ranks inside check_collapse, so all
+                # ranks raise together (a rank raising alone would leave the others blocked in a collective).
+                objective.check_collapse(dict(zip(keys, means)), step)
+                metrics = dict(zip(keys, means.tolist()))  # the one device -> host copy of the window
+                tokens = metrics.get("tokens", 0.0) * n_sums  # the window's total (per rank)
                 metrics.update(lr=float(lr_at[min(step - 1, len(lr_at) - 1)]), ema_decay=ema,
-                               audio_s_per_s=audio_s * dist.world_size / dt, skipped_samples=skipped)
+                               audio_s_per_s=audio_s * dist.world_size / dt, skipped_samples=skipped,
+                               skipped_steps=skipped_steps)
                 if tokens:
                     metrics["tokens_per_s"] = tokens * dist.world_size / dt
                 logger.log(step, metrics)
-                t_log, audio_s, tokens, sums, n_sums = time.time(), 0.0, 0, {}, 0
+                t_log, audio_s, sums, n_sums = time.time(), 0.0, {}, 0
 
             if dist.is_main and cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device)
