@@ -1,0 +1,151 @@
+"""Models for inference from a run folder or an ``a2v-het export`` folder, read safely (safetensors + YAML only).
+
+Two kinds of checkpoint, told apart by their ``config.yaml``:
+
+- a **pretraining** run / export (no ``finetune`` section) -> :class:`Backbone`: frontend -> token norm/projection ->
+  encoder, the student weights of ``model.safetensors`` (decoder, mask embedding and teacher are not loaded);
+- a **fine-tune** run / export (``finetune`` section) -> :class:`~a2v_het.model.classifier.CallDetector` with its
+  head; ``model.classes`` holds the class names.
+
+Both expose ``frontend``, ``token_norm``, ``token_proj``, ``encoder``, ``cfg`` (ModelConfig) and ``token_rate``
+(tokens/s), which is all :func:`encode` needs. This module reads the run folder layout itself (``checkpoints/latest``
+-> ``checkpoints/<tag>/COMPLETE``) so that inference does not import the training code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from a2v_het.config import config_from_dict
+from a2v_het.frontend import build_frontend
+from a2v_het.frontend.config import FrontendConfig
+from a2v_het.model.config import ModelConfig
+
+
+class CheckpointError(ValueError):
+    """A checkpoint path that is not a usable run or export folder (one-line message for the command line)."""
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
+    """(model.safetensors, config.yaml) of an export folder, or of a run folder's latest complete checkpoint."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
+        return path / "model.safetensors", path / "config.yaml"
+    pointer = path / "checkpoints" / "latest"
+    tag = pointer.read_text().strip() if pointer.is_file() else ""
+    weights = path / "checkpoints" / tag / "model.safetensors"
+    if not tag or not (path / "checkpoints" / tag / "COMPLETE").is_file() or not weights.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} is neither an export folder (config.yaml + model.safetensors)"
+                              " nor a run folder with a complete checkpoint (checkpoints/latest)")
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"run folder {str(path)!r} has no config.yaml")
+    return weights, path / "config.yaml"
+
+
+def read_config_tree(config_path: Path) -> dict[str, Any]:
+    try:
+        tree = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{config_path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(tree, dict) or "model" not in tree or "frontend" not in tree:
+        raise CheckpointError(f"{config_path} has no model/frontend sections: not an a2v-het run config")
+    return tree
+
+
+class Backbone(nn.Module):
+    """The pretrained student without its pretraining-only parts (decoder, mask embedding, EMA teacher).
+
+    Parameter names are those of ``Data2VecModel`` (``frontend.*``, ``token_norm.*``, ``token_proj.*``,
+    ``encoder.*``), so the export's ``model.safetensors`` loads into it directly.
+    """
+
+    def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig):
+        super().__init__()
+        from a2v_het.model.data2vec import Data2VecModel
+
+        base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
+        self.cfg = model_cfg
+        self.token_rate = float(frontend_cfg.token_rate)
+        self.frontend = base.frontend
+        self.token_norm = base.token_norm
+        self.token_proj = base.token_proj
+        self.encoder = base.encoder
+
+
+def _load_strict(model: nn.Module, state: dict[str, Tensor], source: Path, ignore_prefixes: tuple[str, ...] = ()
+                 ) -> None:
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(ignore_prefixes)}
+    missing = sorted(own.keys() - state.keys())
+    if missing:
+        raise CheckpointError(f"{source} lacks {len(missing)} tensors of this model, e.g. {missing[:3]}")
+    bad = [k for k in own if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        raise CheckpointError(f"{source}: shape mismatch for {bad[:3]} (weights of another model config?)")
+    model.load_state_dict({k: state[k] for k in own}, strict=False)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", random_init: bool = False,
+               seed: int = 0) -> nn.Module:
+    """Backbone (pretraining run/export) or CallDetector (fine-tune run/export) in eval mode on ``device``.
+
+    ``random_init=True`` builds the same architecture from the config with seeded random weights and loads nothing
+    (the random-initialisation baseline of a probe). The returned module carries ``checkpoint`` (str), ``kind``
+    ("encoder" | "detector"), ``token_rate`` (tokens/s), ``config_tree`` (the run's config as a dict) and, for a
+    detector, ``classes`` and ``finetune`` (the config's finetune section as a dict).
+    """
+    weights, config_path = resolve_checkpoint(checkpoint)
+    tree = read_config_tree(config_path)
+    try:
+        model_cfg = config_from_dict(ModelConfig, tree["model"])
+        frontend_cfg = config_from_dict(FrontendConfig, tree["frontend"])
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
+    torch.manual_seed(seed)
+    if "finetune" in tree:
+        from a2v_het.model.classifier import CallDetector
+
+        f = dict(tree["finetune"])
+        classes = list(f.get("classes") or [])
+        if not classes:
+            raise CheckpointError(f"{config_path}: finetune.classes is empty")
+        model: nn.Module = CallDetector(model_cfg, frontend_cfg, len(classes), int(f.get("top_k", 1)),
+                                        float(f.get("dropout", 0.0)))
+        model.classes = classes
+        model.finetune = f
+        model.kind = "detector"
+        ignore: tuple[str, ...] = ()
+    else:
+        model = Backbone(model_cfg, frontend_cfg)
+        model.kind = "encoder"
+        ignore = ()
+    if not random_init:
+        try:
+            state = load_file(str(weights))
+        except Exception as e:  # a cut-off or foreign file: safetensors raises its own error types
+            raise CheckpointError(f"{weights}: cannot read safetensors ({e})") from None
+        _load_strict(model, state, weights, ignore)
+    model.checkpoint = str(checkpoint)
+    model.config_tree = tree
+    return model.to(device).eval()
+
+
+def encode(model: nn.Module, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Unmasked student encoder of a Backbone or CallDetector.
+
+    Args: wave (B, T) float, zero-padded after ``lengths`` (B,) samples; sample_rate (B,) Hz (mixed rates allowed).
+    Returns: final (B, N, D) (LayerNorm of the residual stream), layers (``depth`` x (B, N, D): each block's FFN
+        output, the data2vec target layers), padding_mask (B, N) True = pad; N tokens at ``model.token_rate``.
+    """
+    from a2v_het.model.data2vec import Data2VecModel
+
+    tokens, padding_mask, _ = Data2VecModel._tokens(model, wave, sample_rate, lengths)
+    final, layers = model.encoder(model.encoder.add_position(tokens, padding_mask), padding_mask)
+    return final, layers, padding_mask
