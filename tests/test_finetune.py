@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from a2v_het.config import load_config
+from a2v_het.model.data2vec import Data2VecModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "synthetic_finetune.yaml"
@@ -87,6 +88,72 @@ def test_objective_masks_padding_and_unlabelled_clips_and_warmup_groups():
     bb = next(g for g in groups if g["name"] == "backbone")
     head = next(g for g in groups if g["name"] == "head")
     assert obj.lr_scale(bb, 4) == 0.0 and obj.lr_scale(bb, 5) == 1.0 and obj.lr_scale(head, 0) == 1.0
+
+
+def test_head_reads_the_encoders_final_norm():
+    """K = 1: the head's features are the encoder's final output (LayerNorm of the residual stream), not the last
+    block's un-normalised FFN output; K > 1: the final norm of the mean of the top-K residual streams."""
+    from a2v_het.train.finetune import FinetuneObjective
+
+    torch.manual_seed(0)
+    sr = 8000
+    wave, lengths = torch.randn(2, sr) * 0.1, torch.tensor([sr, sr // 2])
+    rates = torch.full((2,), sr)
+    obj = FinetuneObjective(_tiny_cfg("finetune.top_k=1")).eval()
+    with torch.no_grad():
+        feats, pad = obj.features(wave, rates, lengths)
+        tokens, padding_mask, _ = Data2VecModel._tokens(obj, wave, rates, lengths)
+        final, layers = obj.encoder(obj.encoder.add_position(tokens, padding_mask), padding_mask)
+    assert torch.equal(feats, final)
+    valid = ~pad
+    # normalised per token: mean ~0, var ~1 over channels (the FFN output is nowhere near)
+    assert feats[valid].mean(-1).abs().max() < 1e-4 and (feats[valid].var(-1, correction=0) - 1).abs().max() < 1e-2
+    obj3 = FinetuneObjective(_tiny_cfg("finetune.top_k=2")).eval()
+    with torch.no_grad():
+        feats3, _ = obj3.features(wave, rates, lengths)
+        tokens, padding_mask, _ = Data2VecModel._tokens(obj3, wave, rates, lengths)
+        _, streams = obj3.encoder(obj3.encoder.add_position(tokens, padding_mask), padding_mask, outputs="residual")
+    assert torch.allclose(feats3, obj3.encoder.norm((streams[-1] + streams[-2]) / 2), atol=1e-6)
+
+
+def test_classifier_warmup_runs_no_backward_through_the_backbone():
+    """Warm-up steps: only the head gets gradients (nothing of the backbone's enters the global clip norm and no
+    backward pass runs through it); after the warm-up, the backbone does."""
+    from a2v_het.train.finetune import FinetuneObjective
+
+    torch.manual_seed(0)
+    obj = FinetuneObjective(_tiny_cfg("finetune.warmup_classifier_steps=3")).train()
+    sr = 8000
+    args = (torch.randn(2, sr) * 0.1, torch.full((2,), sr), torch.tensor([sr, sr]))
+    ev = [[{"onset_s": 0.1, "offset_s": 0.3, "label": "tone"}], []]
+    loss, _ = obj(*args, 2, events=ev, labelled=[True, True])
+    loss.backward()
+    assert all(p.grad is not None for p in obj.head.parameters())
+    assert all(p.grad is None for p in obj.backbone_parameters())
+    obj.zero_grad(set_to_none=True)
+    loss, _ = obj(*args, 3, events=ev, labelled=[True, True])
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.encoder.parameters())
+
+
+def test_mixup_targets_are_soft():
+    from a2v_het.train.finetune import FinetuneObjective, mix_targets
+
+    y = torch.zeros(2, 3, 1)
+    y[0] = 1.0
+    mixed = mix_targets(y, torch.tensor([1, 0]), torch.tensor([0.7, 0.6]))
+    assert torch.allclose(mixed[:, 0, 0], torch.tensor([0.7, 0.4]))
+    assert torch.equal(mix_targets(y, torch.tensor([0, 1]), torch.tensor([1.0, 1.0])), y)
+    # through forward: clip 0 is a call over its whole length, clip 1 has none (same rate, so they are paired);
+    # a union would make every frame of both clips fully positive (pos_frac = 1 / C)
+    torch.manual_seed(0)
+    obj = FinetuneObjective(_tiny_cfg("finetune.bc_mixup=true")).train()
+    sr = 8000
+    ev = [[{"onset_s": 0.0, "offset_s": 1.0, "label": "tone"}], []]
+    _, logs = obj(torch.randn(2, sr) * 0.1, torch.full((2,), sr), torch.tensor([sr, sr]), 0, events=ev,
+                  labelled=[True, True])
+    c = len(obj.classes)
+    assert 0.5 / c - 1e-6 <= float(logs["pos_frac"]) < 1.0 / c - 0.01
 
 
 def test_load_pretrained_is_strict_about_the_backbone(tmp_path):

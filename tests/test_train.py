@@ -121,7 +121,7 @@ def test_two_process_gloo_run_keeps_ranks_in_sync(tiny_shards, tmp_path):
         env.pop(k, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "a2v_het.cli",
            "pretrain", *fast_overrides(tiny_shards, run_dir, "train.max_steps=4", "train.save_every=2",
-                                           "data.bc_mixup=true")]
+                                           "data.bc_mixup=true", "train.zero_stage=2")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     digests = json.loads((run_dir / "rank_sync.json").read_text())["param_sha256_by_rank"]
@@ -130,6 +130,17 @@ def test_two_process_gloo_run_keeps_ranks_in_sync(tiny_shards, tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     # rank 0 alone logs; both ranks' data count (2 ranks x 4 clips x 1 s per step)
     assert (run_dir / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
+
+    # Resuming the 2-rank ZeRO-2 checkpoint in 1 process: stop before any work, saying what to do ...
+    more = fast_overrides(tiny_shards, run_dir, "train.max_steps=5", "train.save_every=100", "train.zero_stage=2")
+    refused = run_cli(["pretrain", *more], cwd=tmp_path, check=False, timeout=300)
+    assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
+    assert "written by 2 ranks" in refused.stderr and "train.resume_weights_only=true" in refused.stderr
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3, 4]  # nothing ran
+    # ... or continue from the weights, teacher and step with fresh optimizer moments when asked to
+    resumed = run_cli(["pretrain", *more, "train.resume_weights_only=true"], cwd=tmp_path)
+    assert "resumed from step_00000004" in resumed.stdout
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5]
 
 
 def test_unknown_recipe_key_is_a_clear_error(tmp_path):

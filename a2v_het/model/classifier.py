@@ -1,8 +1,16 @@
 """CallDetector: the pretrained student (frontend + token norm/projection + encoder) with a frame-level multi-label
 head at the token rate (animal2vec's fine-tuning head).
 
-    wave --frontend/encoder (Data2VecModel parts, no teacher / decoder)--> mean of the top-K layer outputs
-         --> dropout --> Linear(D -> C) per token --> logits (B, N, C)
+    wave --frontend/encoder (Data2VecModel parts, no teacher / decoder)--> mean of the residual streams after
+         the top-K blocks --> the encoder's final LayerNorm --> dropout --> Linear(D -> C) per token
+         --> logits (B, N, C)
+
+Why the residual streams and the final norm: animal2vec averages the outputs of its (post-LN) blocks, which are
+normalised. In this pre-LN stack a block's end-of-block output is an un-normalised running sum and its FFN output
+(the pretraining target's choice) is only what the block adds; neither is what the stack was trained to hand on.
+The encoder's own final LayerNorm is (it feeds the pretraining decoder). With K = 1 the features are exactly the
+encoder's final output; with K > 1 the top-K streams are averaged first, then normalised, as animal2vec's layer
+average is (up to its per-block norms).
 
 Parameter names match the pretraining export (``frontend.*``, ``token_norm.*``, ``token_proj.*``, ``encoder.*``),
 so :meth:`CallDetector.load_pretrained` reads ``model.safetensors`` of ``a2v-het export`` directly; the head is
@@ -61,13 +69,24 @@ class CallDetector(nn.Module):
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.logits(wave, sample_rate, lengths)
 
-    def logits(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """-> logits (B, N, C), padding_mask (B, N) True = pad."""
+    def features(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0) -> tuple[Tensor, Tensor]:
+        """-> features (B, N, D) = final LayerNorm of the mean of the top-K residual streams, padding_mask (B, N)
+        True = pad. ``step`` seeds layerdrop (the same blocks on every rank)."""
         from a2v_het.model.data2vec import Data2VecModel
 
         tokens, padding_mask, _ = Data2VecModel._tokens(self, wave, sample_rate, lengths)
-        _, layers = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask)
-        x = torch.stack(layers[-self.top_k:], 0).mean(0)
+        _, streams = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask,
+                                  layerdrop_seed=step, outputs="residual")
+        x = torch.stack(streams[-self.top_k:], 0).mean(0)
+        return self.encoder.norm(x), padding_mask
+
+    def logits(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0,
+               backbone_grad: bool = True) -> tuple[Tensor, Tensor]:
+        """-> logits (B, N, C), padding_mask (B, N) True = pad. ``backbone_grad=False`` runs the backbone without
+        autograd (the classifier warm-up: only the head learns, so the backbone neither spends a backward pass nor
+        adds gradients to the global clipping norm)."""
+        with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
+            x, padding_mask = self.features(wave, sample_rate, lengths, step)
         return self.head(self.dropout(x)), padding_mask
 
     @torch.no_grad()

@@ -193,7 +193,7 @@ class Encoder(nn.Module):
         return (torch.rand(len(self.blocks), generator=g) < self.cfg.layerdrop).tolist()
 
     def forward(self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None = None,
-                layerdrop_seed: int = 0) -> tuple[Tensor, list[Tensor]]:
+                layerdrop_seed: int = 0, outputs: str = "ffn") -> tuple[Tensor, list[Tensor]]:
         """Run the blocks.
 
         Args:
@@ -202,9 +202,14 @@ class Encoder(nn.Module):
             positions: (R, V) int64 original token indices for ALiBi; None means ``arange(V)``.
             layerdrop_seed: seeds the layerdrop draw (:meth:`layers_to_drop`); pass the optimizer step, which is
                 the same on every rank.
+            outputs: what ``layer_outputs`` holds: "ffn" (the targets' choice, above) or "residual" (the residual
+                stream after each block, what a fine-tuning head averages before the final norm).
         Returns: final (R, V, D) = LayerNorm of the residual stream; layer_outputs: ``depth`` tensors (R, V, D), the
-            FFN output of each block (zeros for a block skipped by layerdrop: it added nothing to the stream).
+            FFN output of each block (zeros for a block skipped by layerdrop: it added nothing to the stream), or
+            the residual stream after each block (a skipped block passes it on unchanged).
         """
+        if outputs not in ("ffn", "residual"):
+            raise ValueError(f"outputs must be 'ffn' or 'residual', got {outputs!r}")
         r, v, _ = x.shape
         alibi = None
         if self.cfg.alibi:
@@ -219,8 +224,8 @@ class Encoder(nn.Module):
         layer_outputs = []
         for blk, drop in zip(self.blocks, self.layers_to_drop(layerdrop_seed)):
             if drop:
-                layer_outputs.append(torch.zeros_like(x))
+                layer_outputs.append(torch.zeros_like(x) if outputs == "ffn" else x)
                 continue
             x, ffn = blk(x, bias)
-            layer_outputs.append(ffn)
+            layer_outputs.append(ffn if outputs == "ffn" else x)
         return self.norm(x), layer_outputs

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from a2v_het.config import ConfigError
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
+from a2v_het.model.mixup import bc_mixup
 from a2v_het.train.config import PretrainConfig
 
 
@@ -39,13 +40,15 @@ class FinetuneSection:
     pos_weight: float = 1.0
     """BCE only: weight of positive frames."""
     warmup_classifier_steps: int = 0
-    """Steps during which only the head learns (the backbone's lr is scaled to 0)."""
+    """Steps during which only the head learns: the backbone runs without autograd (no backward through it, no
+    gradients of its in the global clip norm) and its lr is scaled to 0."""
     freeze_frontend: bool = False
     top_k: int = 1
-    """Mean of the top-K encoder layer outputs feeds the head."""
+    """The head reads the encoder's final LayerNorm of the mean of the residual streams after the top-K blocks
+    (K = 1: the encoder's final output)."""
     dropout: float = 0.1
     bc_mixup: bool = False
-    """Between-class mixup of same-rate clips; the frame targets are the union of both clips' targets."""
+    """Between-class mixup of same-rate clips; the frame targets are mixed like the waves: r * y1 + (1 - r) * y2."""
     val_split: str = "val"
     test_split: str = "test"
     smooth_s: float = 0.1
@@ -82,6 +85,14 @@ class FinetuneConfig(PretrainConfig):
         if self.finetune.init:
             obj.load_pretrained(self.finetune.init)
         return obj
+
+
+def mix_targets(targets: Tensor, partner: Tensor, ratio: Tensor) -> Tensor:
+    """Soft mixup targets: targets (B, N, C) in [0, 1], partner (B,) int64, ratio (B,) the primary clip's share
+    -> r * y + (1 - r) * y[partner] (B, N, C) fp32. The union (max) would call a frame fully positive for a call
+    that makes up a quarter of the mixture; r = 1 (no partner) gives y exactly."""
+    r = ratio.float().to(targets.device)[:, None, None]
+    return r * targets.float() + (1.0 - r) * targets.float()[partner]
 
 
 class FinetuneObjective(CallDetector):
@@ -129,16 +140,15 @@ class FinetuneObjective(CallDetector):
         events = events if events is not None else [[] for _ in range(b)]
         labelled = torch.as_tensor(labelled if labelled is not None else [True] * b, dtype=torch.bool,
                                    device=wave.device)
-        partner = None
+        partner = ratio = None
         if self.ft.bc_mixup and self.training:
-            from a2v_het.model.mixup import bc_mixup
-
-            wave, lengths, partner, _ = bc_mixup(wave, lengths, sample_rate, None)
-        logits, pad = self.logits(wave, sample_rate, lengths)
+            wave, lengths, partner, ratio = bc_mixup(wave, lengths, sample_rate, None)
+        warmup = self.training and step < self.ft.warmup_classifier_steps
+        logits, pad = self.logits(wave, sample_rate, lengths, step, backbone_grad=not warmup)
         targets = self.frame_targets(events, logits.shape[1], logits.device)
         valid = ~pad & labelled[:, None]
         if partner is not None:
-            targets = torch.maximum(targets, targets[partner])
+            targets = mix_targets(targets, partner, ratio)
             valid = valid & labelled[partner][:, None]
         with torch.autocast(device_type=wave.device.type, enabled=False):
             lf = logits.float()
