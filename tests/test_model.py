@@ -3,9 +3,12 @@ collapse guard, BC-mixup, z-normalisation, bf16 autocast. Tiny configs on 1 s cl
 
 import dataclasses
 import math
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from a2v_het.config import ConfigError
 from a2v_het.frontend import ConvExtractorConfig, FrontendConfig, HeterodyneConfig, build_frontend
@@ -521,3 +524,36 @@ def test_bc_mixup_pairs_same_rates_and_is_safe_on_silence():
     silent = torch.zeros(2, 100)
     m2, *_ = bc_mixup(silent, torch.tensor([100, 100]), torch.tensor([8000, 8000]), gen)
     assert torch.isfinite(m2).all() and (m2 == 0).all()
+
+
+# ------------------------------------------------------------------------------------------------- host syncs
+class _DataDependentOps(TorchDispatchMode):
+    """Records the ops that need a value on the host (``.item()``, ``float()``, ``bool()``, ``nonzero``): on a GPU
+    each is a device -> host sync. Only call sites in the files named are recorded."""
+
+    SYNCING = {"aten._local_scalar_dense.default", "aten.nonzero.default", "aten.equal.default"}
+
+    def __init__(self, files):
+        super().__init__()
+        self.files = files
+        self.found = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.SYNCING:
+            # the innermost frame of this project's code: the op's own call site, not a caller up the stack
+            site = next((f for f in reversed(traceback.extract_stack()) if "/a2v_het/" in f.filename), None)
+            if site is not None and site.filename.endswith(self.files):
+                self.found.append(f"{func} at {Path(site.filename).name}:{site.lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_student_teacher_and_loss_make_a_single_host_sync_per_step():
+    """The forward after the frontend reads one value on the host: the CPU copy of the padding mask (the masks are
+    drawn on the CPU from it). The loss, the log statistics, the visible positions, the attention bias and layerdrop
+    must not add any (on a GPU each would stall the step)."""
+    model = tiny_model(dataclasses.replace(TINY, layerdrop=0.5)).train()
+    wave, sr, lengths = clips()
+    mode = _DataDependentOps(("model/data2vec.py", "model/encoder.py", "model/decoder.py", "model/targets.py"))
+    with mode:
+        model(wave, sr, lengths, step=3, generator=torch.Generator().manual_seed(0))
+    assert len(mode.found) == 1 and "data2vec.py" in mode.found[0], mode.found

@@ -144,8 +144,10 @@ class Data2VecModel(nn.Module):
         return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
     @torch.no_grad()
-    def _teacher_targets(self, tokens: Tensor, padding_mask: Tensor) -> Tensor:
-        """Teacher on the unmasked tokens of each clip -> targets (B, N, D) fp32."""
+    def _teacher_targets(self, tokens: Tensor, padding_mask: Tensor, any_pad: bool = True) -> Tensor:
+        """Teacher on the unmasked tokens of each clip -> targets (B, N, D) fp32. ``any_pad=False`` (the caller
+        knows the batch has no padding) gives the blocks no padding mask, so SDPA may use its fastest kernel."""
+        attention_padding = padding_mask if any_pad else None
         teacher = self.teacher.model.eval()
         x = tokens.detach().float()
         # Under autocast the teacher runs in the autocast dtype. If the student's weights were cast to bf16 without
@@ -153,7 +155,7 @@ class Data2VecModel(nn.Module):
         low_precision = tokens.dtype in (torch.bfloat16, torch.float16)
         ctx = torch.autocast(x.device.type, dtype=tokens.dtype) if low_precision else contextlib.nullcontext()
         with ctx:
-            _, layers = teacher(teacher.add_position(x, padding_mask), padding_mask)
+            _, layers = teacher(teacher.add_position(x, padding_mask), attention_padding)
         return build_targets(layers, self.cfg.average_top_k_layers, padding_mask, self.cfg.instance_norm_targets)
 
     def _regression_loss(self, pred: Tensor, target: Tensor, weight: Tensor) -> Tensor:
@@ -195,16 +197,23 @@ class Data2VecModel(nn.Module):
         tokens, padding_mask, out = self._tokens(wave, sample_rate, lengths)
         b, n, _ = tokens.shape
 
-        targets = self._teacher_targets(tokens, padding_mask)  # (B, N, D) fp32
+        # The one device -> host copy of the step: the padding mask, for the masks (drawn on the CPU, where the
+        # generator lives, as data2vec draws them in numpy) and the visible positions; everything else that needs
+        # a count or a shape is derived from this copy, so nothing else waits for the device.
+        pad_cpu = padding_mask.cpu()
+        any_pad = bool(pad_cpu.any())
+        # No padding in the batch: the encoders get no padding mask (None), so SDPA may pick its fastest kernel
+        # without another sync to find out.
+        targets = self._teacher_targets(tokens, padding_mask, any_pad)  # (B, N, D) fp32
 
-        # Student: M clones, each with its own mask. The mask and the visible positions are computed on the CPU
-        # (where the generator lives) before the copy to the device, so no step waits on a device -> host sync.
-        mask_cpu = compute_mask(b, n, padding_mask, c.mask_prob, c.mask_length, m, generator, c.mask_type)
-        positions = visible_positions(mask_cpu.cpu()).to(tokens.device)  # (B*M, V)
-        mask = mask_cpu.to(tokens.device)
+        # Student: M clones, each with its own mask.
+        mask_cpu = compute_mask(b, n, pad_cpu, c.mask_prob, c.mask_length, m, generator, c.mask_type)
+        positions = visible_positions(mask_cpu).to(tokens.device, non_blocking=True)  # (B*M, V)
+        mask = mask_cpu.to(tokens.device, non_blocking=True)
         pad = padding_mask.repeat_interleave(m, dim=0)
         visible = self.student_inputs(tokens.repeat_interleave(m, dim=0), pad, mask, positions)  # (B*M, V, D)
-        encoded, _ = self.encoder(visible, pad.gather(1, positions), positions, layerdrop_seed=step)
+        encoded, _ = self.encoder(visible, pad.gather(1, positions) if any_pad else None, positions,
+                                  layerdrop_seed=step)
         pred = self.decoder(restore(encoded, mask, self.mask_embedding, positions), pad)  # (B*M, N, D)
 
         with torch.autocast(device_type=tokens.device.type, enabled=False):

@@ -20,6 +20,7 @@ footing and the targets stay contextual.
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +59,10 @@ def attention_bias(padding_mask: Tensor | None, alibi: Tensor | None, dtype: tor
 
     None when there is neither (lets SDPA pick the flash kernel). The padded-key value is finite (half the dtype's
     minimum), not -inf, so a row whose keys are all padding (an empty clip) gets uniform attention instead of NaN.
+    A padding mask without any padding still builds a bias: finding out would cost a device -> host sync per call;
+    callers that know there is none (``Data2VecModel.forward``, from its CPU copy) pass None.
     """
-    has_pad = padding_mask is not None and bool(padding_mask.any())
+    has_pad = padding_mask is not None
     if alibi is None and not has_pad:
         return None
     neg = torch.finfo(dtype).min / 2
@@ -188,9 +191,10 @@ class Encoder(nn.Module):
         reduce mismatched buckets (or wait forever for a gradient that never comes)."""
         if not (self.training and self.cfg.layerdrop > 0):
             return [False] * len(self.blocks)
-        # A fixed offset keeps this stream apart from torch.manual_seed(step)-style seeding elsewhere.
-        g = torch.Generator().manual_seed(0x1A7E_D809 + int(seed))
-        return (torch.rand(len(self.blocks), generator=g) < self.cfg.layerdrop).tolist()
+        # Python's RNG: no tensor, so nothing for a device to sync on. A fixed offset keeps this stream apart from
+        # seed(step)-style seeding elsewhere.
+        rng = random.Random(0x1A7E_D809 + int(seed))
+        return [rng.random() < self.cfg.layerdrop for _ in self.blocks]
 
     def forward(self, x: Tensor, padding_mask: Tensor | None, positions: Tensor | None = None,
                 layerdrop_seed: int = 0, outputs: str = "ffn") -> tuple[Tensor, list[Tensor]]:
