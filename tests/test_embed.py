@@ -173,6 +173,16 @@ def test_clip_embedding_does_not_depend_on_its_batch(encoder_export, detector_ex
                 np.testing.assert_allclose(batched[1], alone, atol=2e-5, rtol=1e-4, err_msg=f"{ckpt} {layers} {pool}")
                 if pool == "none":
                     assert alone.shape == (65, model.cfg.embed_dim)  # 1.3 s at 50 tokens/s
+        # --layers -1 is the encoder output; a detector's "-2,-1" tokens are exactly what its head reads (top_k 2)
+        np.testing.assert_allclose(embed_clips(model, [clip], [16000], "-1")[0],
+                                   embed_clips(model, [clip], [16000], "final")[0], atol=1e-5)
+        if getattr(model, "kind", "") == "detector":
+            with torch.no_grad():
+                feats, _ = model.features(torch.from_numpy(clip)[None], torch.tensor([16000]),
+                                          torch.tensor([clip.size]))
+            assert model.top_k == 2
+            np.testing.assert_allclose(embed_clips(model, [clip], [16000], "-2,-1", "none")[0], feats[0].numpy(),
+                                       atol=1e-5)
         # and different clips give different embeddings
         a, b = embed_clips(model, [clip, others[0]], [16000, 8000])
         assert np.abs(a - b).max() > 1e-3

@@ -6,9 +6,9 @@ recording shorter than a window is one window) and read block-wise: only ``batch
 memory. Each window goes through the frozen student encoder on its own (its embedding does not depend on the other
 clips of its batch, on padding, or on the sample rates next to it) and is reduced to:
 
-- ``--layers final`` (default): the encoder output, the LayerNorm of the residual stream after the last block;
-  ``--layers -2,-1`` (or ``1,2,3``, 1-based, negative from the top): the mean of those blocks' FFN outputs (the
-  data2vec target layers; a detector's head reads the mean of its top_k of them);
+- ``--layers final`` (default): the encoder output, its final LayerNorm of the residual stream after the last
+  block; ``--layers -2,-1`` (or ``1,2,3``, 1-based, negative from the top): the final LayerNorm of the mean of the
+  residual streams after those blocks (what a fine-tuned detector's head reads with top_k = 2; ``-1`` = final);
 - ``--pool mean`` (default) / ``max`` over the window's valid tokens -> one (D,) vector, or ``--pool none`` -> the
   tokens at ``token_rate`` (50/s), (N, D) per window, zero after the ``n_tokens`` valid ones.
 
@@ -73,8 +73,8 @@ def embed_batch(model: nn.Module, wave: Tensor, sample_rate: Tensor, lengths: Te
     (pooled (B, D) fp32 and n_tokens (B,)) or, with pool="none", (tokens (B, N, D) zero at padding, n_tokens)."""
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
-    final, outs, pad = encode(model, wave, sample_rate, lengths)
-    x = final if layers is None else torch.stack([outs[i] for i in layers], 0).mean(0)
+    final, streams, pad = encode(model, wave, sample_rate, lengths)
+    x = final if layers is None else model.encoder.norm(torch.stack([streams[i] for i in layers], 0).mean(0))
     x = x.float()
     valid = ~pad
     n_tokens = valid.sum(1)
@@ -267,8 +267,8 @@ def add_args(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (embeddings/, index.csv, report.json)")
     parser.add_argument("--window-s", type=float, default=10.0, help="window length (s)")
     parser.add_argument("--hop-s", type=float, default=None, help="hop between windows (s; default: --window-s)")
-    parser.add_argument("--layers", default="final", help="'final' (encoder output) or blocks, e.g. -2,-1 (mean "
-                        "of their FFN outputs)")
+    parser.add_argument("--layers", default="final", help="'final' (encoder output) or blocks, e.g. -2,-1 (final "
+                        "norm of the mean of their residual streams)")
     parser.add_argument("--pool", choices=POOLS, default="mean", help="per-window mean/max, or none = per token")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--random-init", action="store_true", help="the same architecture at random init")

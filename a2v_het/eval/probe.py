@@ -1,9 +1,10 @@
 """``a2v-het probe --embeddings DIR --labels LABELS.csv``: a linear probe on frozen embeddings, BEANS-style.
 
 The rows of an ``a2v-het embed`` folder (one per window and channel) get the label of their file from
-``LABELS.csv`` (columns ``file`` or ``name``, ``label``, optional ``split`` = train | test; files without a label
-are left out). Without a split column the files are split per class, seeded: ``test_fraction`` of each class's files
-(at least one when it has two or more) go to test, so the windows of one recording never sit on both sides.
+``LABELS.csv`` (columns ``file`` or ``name``, ``label``, optional ``group`` (default: the file) and ``split`` =
+train | test; files without a label are left out). Without a split column the groups are split per class, seeded:
+``test_fraction`` of each class's groups (at least one when it has two or more) go to test, so the windows of one
+recording (or the calls cut from one recording, with ``group``) never sit on both sides.
 
 Probe: standardisation + multinomial logistic regression (scikit-learn, lbfgs), the inverse regularisation C picked
 from ``C_GRID`` by grouped, stratified 3-fold cross-validation on the train files (macro F1) when every class has
@@ -15,6 +16,7 @@ with test rows). Embeddings from ``--pool none`` are mean-pooled over their vali
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import sys
@@ -28,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from a2v_het.atomic import atomic_open
 from a2v_het.config import atomic_write_text
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -43,12 +46,20 @@ def read_labels(path: str | Path) -> list[dict[str, str]]:
 
 def split_groups(labels: Sequence[str], groups: Sequence[str], test_fraction: float = 0.3, seed: int = 0
                  ) -> np.ndarray:
-    """(R,) bool, True = test: per class, ``round(test_fraction * n_files)`` files (>= 1 when n_files >= 2)."""
+    """(R,) bool, True = test. When every group holds one label: per class, ``round(test_fraction * n_groups)``
+    groups (>= 1 when the class has two or more). Otherwise (groups holding several labels, e.g. the calls of one
+    recording): ``round(test_fraction * n_groups)`` of all groups, drawn at random."""
     rng = np.random.default_rng(seed)
     by_class: dict[str, list[str]] = {}
+    labels_of: dict[str, set[str]] = {}
     for lab, g in zip(labels, groups):
+        labels_of.setdefault(g, set()).add(lab)
         if g not in by_class.setdefault(lab, []):
             by_class[lab].append(g)
+    if any(len(v) > 1 for v in labels_of.values()):
+        gs = sorted(labels_of)
+        test_groups = set(rng.permutation(gs)[: int(round(test_fraction * len(gs)))].tolist())
+        return np.array([g in test_groups for g in groups])
     test_groups = set()
     for lab in sorted(by_class):
         gs = sorted(by_class[lab])
@@ -137,13 +148,68 @@ def probe_folder(embeddings: str | Path, labels_csv: str | Path, test_fraction: 
             continue
         rows.append(i)
         y.append(lab["label"])
-        groups.append(r["file"])
+        groups.append(lab.get("group") or r["file"])
         split.append(lab.get("split", ""))
     if not rows:
         raise ValueError(f"no row of {embeddings}/index.csv has a label in {labels_csv}")
     is_test = np.array([s == "test" for s in split]) if any(split) else None
     report = linear_probe(x[rows], y, groups, is_test, test_fraction, seed)
     return {**report, "embeddings": str(embeddings), "labels": str(labels_csv)}
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_synthetic_calls(out: str | Path, n_recordings: int = 100, seed: int = 0,
+                          sample_rates: Sequence[int] = (8000, 16000, 22050, 32000, 44100, 48000),
+                          duration_s: float = 3.0, context_s: float = 0.05) -> Path:
+    """A call-type classification set from the synthetic field recordings (``data_tools synth --preset field``:
+    2-5 calls of the 6 types per recording at 0-20 dB SNR, overlaps allowed): every call of ``n_recordings``
+    recordings becomes a clip from its onset - ``context_s`` to its offset + ``context_s`` (seconds, inside the
+    recording), written as FLAC at the recording's rate and labelled with its call type; group = the recording.
+    Writes OUT/audio/rec<i>_<k>.flac and OUT/labels.csv (file, label, group); returns OUT/labels.csv."""
+    import soundfile as sf
+
+    from data_tools.synth import synth_clip
+
+    out = Path(out)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_recordings):
+        sr, audio, events, _ = synth_clip("field", seed, i, list(sample_rates), duration_s)
+        for k, e in enumerate(events):
+            a = max(0, int(round((e["onset_s"] - context_s) * sr)))
+            b = min(audio.size, int(round((e["offset_s"] + context_s) * sr)))
+            path = out / "audio" / f"rec{i:04d}_{k}.flac"
+            with atomic_open(path, "wb") as fh:
+                sf.write(fh, audio[a:b], sr, format="FLAC", subtype="PCM_24")
+            rows.append((str(path), e["label"], f"rec{i:04d}"))
+    atomic_write_text(out / "labels.csv", _csv_text(("file", "label", "group"), rows))
+    return out / "labels.csv"
+
+
+def pykanto_labels(root: str | Path, out_csv: str | Path) -> Path:
+    """Per-recording labels of pykanto's bundled recordings (``pykanto/data``): the great tits by individual
+    (``great_tit_B32``, ``great_tit_SW83`` from the file names), the others by their folder (species); group = file.
+    Writes ``out_csv`` (file, label, group)."""
+    root = Path(root)
+    rows = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() != ".wav":
+            continue
+        rel = p.relative_to(root).parts
+        if "great_tit" in rel:
+            label = "great_tit_" + p.stem.split("-")[1]
+        else:
+            label = rel[1].lower()
+        rows.append((str(p), label))
+    atomic_write_text(out_csv, _csv_text(("file", "label", "group"), [(f, lab, f) for f, lab in rows]))
+    return Path(out_csv)
 
 
 def format_report(r: dict[str, Any]) -> str:

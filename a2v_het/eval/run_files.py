@@ -141,11 +141,13 @@ def encode(model: nn.Module, wave: Tensor, sample_rate: Tensor, lengths: Tensor)
     """Unmasked student encoder of a Backbone or CallDetector.
 
     Args: wave (B, T) float, zero-padded after ``lengths`` (B,) samples; sample_rate (B,) Hz (mixed rates allowed).
-    Returns: final (B, N, D) (LayerNorm of the residual stream), layers (``depth`` x (B, N, D): each block's FFN
-        output, the data2vec target layers), padding_mask (B, N) True = pad; N tokens at ``model.token_rate``.
+    Returns: final (B, N, D) (the encoder's final LayerNorm of the last residual stream), streams (``depth`` x
+        (B, N, D): the residual stream after each block, un-normalised), padding_mask (B, N) True = pad; N tokens at
+        ``model.token_rate``.
     """
     from a2v_het.model.data2vec import Data2VecModel
 
     tokens, padding_mask, _ = Data2VecModel._tokens(model, wave, sample_rate, lengths)
-    final, layers = model.encoder(model.encoder.add_position(tokens, padding_mask), padding_mask)
-    return final, layers, padding_mask
+    final, streams = model.encoder(model.encoder.add_position(tokens, padding_mask), padding_mask,
+                                   outputs="residual")
+    return final, streams, padding_mask
