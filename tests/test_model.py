@@ -454,9 +454,13 @@ def test_overfits_two_clips_with_a_frozen_teacher():
         opt.step()
         model.ema_step(step)
         history.append(float(logs["regression"]))
-    first, last = sum(history[:5]) / 5, sum(history[-5:]) / 5
-    # ~7.2 -> ~2.0 in practice; the random masks of every step keep a tiny 2-block student from reaching 0
-    assert last < 0.5 * first, (first, last)
+    # The trajectory is chaotic: float sums in another order (thread count, AVX-512 vs AVX2 kernels) give another
+    # path after a few dozen Adam steps, so the test asks for a relative fall with room for that spread, averaged
+    # over the last 20 steps (each step draws new random masks, so single steps are noisy). Measured last/first:
+    # 0.40-0.43 for model seeds 0-2 at 1 and 2 threads on an AMD EPYC (AVX-512); the Xeon (2 threads) of issue 12 reached
+    # 0.53 (last 5, before the masking fix). A student that learns nothing stays at ~1.0.
+    first, last = sum(history[:5]) / 5, sum(history[-20:]) / 20
+    assert last < 0.7 * first, (first, last)
     assert torch.equal(model.teacher.model.blocks[0].attn.qkv.weight, teacher_before)
 
 
