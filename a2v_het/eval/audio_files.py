@@ -22,8 +22,10 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import struct
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -290,6 +292,10 @@ def shard_index_from_env(shard_index: int | None, shard_count: int | None) -> tu
     return shard_index, shard_count
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], inputs: Sequence[str | Path],
               out: str | Path, workers: int = 1, shard_index: int | None = None, shard_count: int | None = None,
               progress: bool = True, desc: str = "files", settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -300,6 +306,9 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
     ``workers`` > 1 runs that many processes (spawned, each loading the model once, torch threads split).
     """
     out = Path(out)
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # scancel / a requeue sends SIGTERM: unwind, so that the file being written leaves no temporary behind
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     items = find_audio(inputs)
     index, count = shard_index_from_env(shard_index, shard_count)
     mine = [it for k, it in enumerate(items) if k % count == index]
@@ -310,11 +319,17 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
         print(f"[a2v-het] {skipped} of {len(mine)} files already done in {out}: skipped", file=sys.stderr, flush=True)
     results: list[dict[str, Any]] = []
     bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress, file=sys.stderr)
+
+    def finished(rec: dict[str, Any]) -> None:
+        results.append(rec)
+        bar.update(1)
+        if not progress and rec["status"] == "done":  # a log line per file where there is no bar (batch jobs)
+            print(f"[a2v-het] done {rec['name']}: {rec['duration_s']:.1f} s of audio in {rec['seconds']:.1f} s",
+                  file=sys.stderr, flush=True)
     if workers <= 1 or len(todo) <= 1:
         processor = factory(**spec) if todo else None
         for p, n in todo:
-            results.append(process_one(processor, p, n, out, None))
-            bar.update(1)
+            finished(process_one(processor, p, n, out, None))
     else:
         import multiprocessing as mp
 
@@ -323,8 +338,7 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
                                  initargs=(factory, spec, threads)) as pool:
             futures = [pool.submit(_worker_run, p, n, out) for p, n in todo]
             for fut in as_completed(futures):
-                results.append(fut.result())
-                bar.update(1)
+                finished(fut.result())
     bar.close()
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
