@@ -12,6 +12,7 @@
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
     a2v-het bench data [--json]                    loader audio s/s per worker (shard -> batch), sharding h/min
+    a2v-het bench gpu [--device cuda|cpu]          the GPU check: smoke bf16, 2-rank NCCL, bench step/frontend
 """
 
 from __future__ import annotations
@@ -143,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "unseen sample rates")
     bench_zoo.add_args(bz)
     bz.set_defaults(func=_cmd_bench, bench_run=bench_zoo.run)
+    from a2v_het.bench import gpu as bench_gpu
+
+    bg = bsub.add_parser("gpu", help="the GPU check: smoke recipe in bf16, 2-rank NCCL, bench step and frontend on the "
+                                     "device, one table (--device cpu: the dry run)")
+    bench_gpu.add_args(bg)
+    bg.set_defaults(func=bench_gpu.cli)
     return p
 
 

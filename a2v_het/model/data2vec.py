@@ -190,7 +190,7 @@ class Data2VecModel(nn.Module):
         Returns: total loss (scalar fp32) and detached fp32 scalar logs: loss, regression, energy, surprise,
             target_var, pred_var (mean over channels of the variance across masked tokens), mask_ratio (masked /
             valid tokens), masked_tokens (summed over clones), tokens (valid tokens of the B clips), ema_decay,
-            frontend/<stat>.
+            encoder_bf16 (1 if the student's blocks ran in bf16), frontend/<stat>.
         """
         c = self.cfg
         m = c.clone_batch
@@ -212,8 +212,8 @@ class Data2VecModel(nn.Module):
         mask = mask_cpu.to(tokens.device, non_blocking=True)
         pad = padding_mask.repeat_interleave(m, dim=0)
         visible = self.student_inputs(tokens.repeat_interleave(m, dim=0), pad, mask, positions)  # (B*M, V, D)
-        encoded, _ = self.encoder(visible, pad.gather(1, positions) if any_pad else None, positions,
-                                  layerdrop_seed=step)
+        encoded, student_layers = self.encoder(visible, pad.gather(1, positions) if any_pad else None, positions,
+                                                layerdrop_seed=step)
         pred = self.decoder(restore(encoded, mask, self.mask_embedding, positions), pad)  # (B*M, N, D)
 
         with torch.autocast(device_type=tokens.device.type, enabled=False):
@@ -236,6 +236,9 @@ class Data2VecModel(nn.Module):
                 "masked_tokens": n_masked,
                 "tokens": (~padding_mask).sum().float(),  # valid tokens of the clips (throughput logging)
                 "ema_decay": torch.tensor(self.ema_decay(step), device=loss.device),
+                # 1 when the student's blocks really compute in bf16 (their FFN output is a Linear's: bf16 under
+                # autocast, fp32 without), so every run's logs show the precision in use, not the one asked for.
+                "encoder_bf16": torch.tensor(float(student_layers[-1].dtype == torch.bfloat16), device=loss.device),
             }
             logs.update({f"frontend/{k}": v for k, v in out.stats.items()})
             logs = {k: v.detach().float().reshape(()) for k, v in logs.items()}
