@@ -3,6 +3,7 @@
     a2v-het pretrain RECIPE [key=value ...]        train (or resume) the recipe; the run folder is train.run_dir
     a2v-het launch RECIPE --nodes N --gpus-per-node G [...] [key=value ...]   the same job through submitit
     a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
+                     [--picker NAME]               ... or of its untrained start or a non-learned picker
     a2v-het export RUN_DIR OUT                     safetensors + config of the latest checkpoint, for fine-tuning
     a2v-het finetune RECIPE [key=value ...]        fine-tune a call detector (finetune.init=EXPORT or scratch)
     a2v-het evaluate --checkpoint C --data DIR     frame mAP, event P/R/F1 (IoU and collar rules), PR-curve PNGs
@@ -13,6 +14,7 @@
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
     a2v-het bench data [--json]                    loader audio s/s per worker (shard -> batch), sharding h/min
     a2v-het bench gpu [--device cuda|cpu]          the GPU check: smoke bf16, 2-rank NCCL, bench step/frontend
+    a2v-het bench pickers --data DIR [--checkpoint C ...]   every band picker's coverage by sample rate
 """
 
 from __future__ import annotations
@@ -37,8 +39,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
     from a2v_het.eval.coverage import coverage_report, format_table, load_frontend
+    from a2v_het.eval.pickers import build_picker
+    from a2v_het.frontend import FrontendConfig, build_frontend
 
-    frontend, cfg = load_frontend(args.checkpoint)
+    if args.checkpoint is None and args.picker in ("learned", "untrained"):
+        print(f"a2v-het coverage: --picker {args.picker} needs --checkpoint", file=sys.stderr)
+        return 2
+    # Non-learned pickers without a checkpoint use the default heterodyne config (K, W, gamma, statistics).
+    frontend = load_frontend(args.checkpoint)[0] if args.checkpoint else build_frontend(FrontendConfig()).eval()
+    frontend = build_picker(args.picker, frontend, seed=args.seed)
     report = coverage_report(frontend, args.data, args.split, batch_size=args.batch_size,
                              plot_dir=args.plot_dir, plot_tag=args.plot_tag, num_workers=args.num_workers,
                              progress=not args.json)
@@ -74,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     pt.set_defaults(func=_cmd_pretrain)
 
     cv = sub.add_parser("coverage", help="coverage table of a heterodyne checkpoint on a shard folder")
-    cv.add_argument("--checkpoint", required=True, help="run folder (uses its latest checkpoint) or export folder")
+    cv.add_argument("--checkpoint", default=None,
+                    help="run folder (uses its latest checkpoint) or export folder; optional for non-learned pickers")
+    from a2v_het.eval.pickers import PICKERS
+
+    cv.add_argument("--picker", choices=PICKERS, default="learned",
+                    help="learned (the checkpoint's), untrained (same config, fresh weights) or a non-learned baseline")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the untrained and random pickers")
     cv.add_argument("--data", required=True, help="shard folder with manifest.json")
     cv.add_argument("--split", default="val")
     cv.add_argument("--batch-size", type=int, default=16)
@@ -150,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      "device, one table (--device cpu: the dry run)")
     bench_gpu.add_args(bg)
     bg.set_defaults(func=bench_gpu.cli)
+    from a2v_het.bench import pickers as bench_pickers
+
+    bp = bsub.add_parser("pickers", help="every band picker (learned, untrained, non-learned baselines): All Cov by "
+                                         "sample rate on the same clips")
+    bench_pickers.add_args(bp)
+    bp.set_defaults(func=_cmd_bench, bench_run=bench_pickers.run)
     return p
 
 

@@ -10,8 +10,11 @@ Every clip has a fixed duration and its own sample rate; it holds short "calls" 
   energy has zero temporal variance), wind (low-pass noise under a slow random gust envelope).
 
 Presets: ``basic`` (the seed's idealised bursts: 1-3 non-overlapping tones/sweeps/noise bursts over white noise
-40 dB below the calls) and ``field`` (2-5 calls of every type, overlaps allowed, over a random mix of noise, hum and
-wind, each call 0-20 dB above the background in its band).
+40 dB below the calls), ``field`` (2-5 calls of every type, overlaps allowed, over a random mix of noise, hum and
+wind, each call 0-20 dB above the background in its band) and ``field_hard`` (3-6 calls, at least two of them
+overlapping in time, harmonic stacks of 3-6 harmonics of a 0.5-3 kHz f0 that spread over several bands, over noise
+plus wind plus rain (and hum, p = 0.6), each call's RMS 10-30 dB *below* the whole background's RMS: a call shows
+only where the background is weak in its band, as a quiet bird over wind and rain).
 
 Ground truth per call: ``onset_s``/``offset_s`` (the call's span in the clip) and ``low_hz``/``high_hz`` (where its
 energy is: tonal calls get a margin of max(2 / duration, 5) Hz, the spectral spread of their envelope).
@@ -34,7 +37,7 @@ from tqdm import tqdm
 
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES, ShardWriter
 
-PRESETS = ("basic", "field")
+PRESETS = ("basic", "field", "field_hard")
 CALL_TYPES = ("tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst")
 BASIC_CALL_TYPES = ("tone", "up_sweep", "down_sweep", "noise_burst")
 DEFAULT_SAMPLE_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
@@ -53,6 +56,8 @@ FIELD_SNR_DB = (0.0, 20.0)
 SNR_MIN_BANDWIDTH_HZ = 100.0
 """The band in which a call's SNR is measured is widened to at least this: a pure tone's own band is a few Hz wide,
 and an SNR defined there would be far above what any spectrogram (a 20 ms window has 50 Hz bins) can show."""
+HARD_BELOW_BACKGROUND_DB = (10.0, 30.0)
+"""field_hard: each call's RMS over its duration lies this far below the background's RMS over the clip."""
 HUM_DB = (10.0, 30.0)
 """Hum fundamental power over the rest of the background within SNR_MIN_BANDWIDTH_HZ around it."""
 PEAK = 0.9
@@ -163,6 +168,35 @@ def synth_harmonic(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
     return Call("harmonic", _unit_rms(x), float(f0.min()) - margin, n_harm * float(f0.max()) + margin)
 
 
+def synth_harmonic_stack(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
+    """field_hard: 3-6 harmonics of an f0 of 500-3000 Hz (vibrato or glide of 1-5 %): one call spread over several
+    bands (a 2 kHz f0 with 5 harmonics spans 2-10 kHz). Fewer harmonics at low rates, down to 2."""
+    lo, hi = call_band_limits(sample_rate)
+    duration = n / sample_rate
+    margin = _tonal_margin_hz(duration)
+    depth = rng.uniform(0.01, 0.05)
+    n_harm = int(rng.integers(3, 7))
+    base_lo = max(500.0, (lo + margin) / (1 - depth))
+    base_hi = min(3000.0, (hi - margin) / (n_harm * (1 + depth)))
+    while base_hi < base_lo and n_harm > 2:
+        n_harm -= 1
+        base_hi = min(3000.0, (hi - margin) / (n_harm * (1 + depth)))
+    if base_hi < base_lo:  # very low rates: fall back to the field preset's stack
+        return synth_harmonic(rng, sample_rate, n)
+    base = _log_uniform(rng, base_lo, base_hi)
+    t = np.arange(n) / sample_rate
+    if rng.random() < 0.5:
+        contour = depth * np.sin(2 * np.pi * rng.uniform(2.0, 8.0) * t + rng.uniform(0, 2 * np.pi))
+    else:
+        contour = depth * rng.choice([-1.0, 1.0]) * (2 * t / duration - 1)
+    f0 = base * (1 + contour)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    ratio = rng.uniform(0.6, 0.95)
+    x = sum(ratio**k * np.sin((k + 1) * phase + rng.uniform(0, 2 * np.pi)) for k in range(n_harm))
+    x = x * _envelope(rng, n)
+    return Call("harmonic", _unit_rms(x), float(f0.min()) - margin, n_harm * float(f0.max()) + margin)
+
+
 def synth_click_train(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
     """Gabor clicks exp(-t^2 / 2 s^2) cos(2 pi fc t): the Gaussian spectrum has sigma_f = 1 / (2 pi s); s is chosen so
     the band [fc - bw/2, fc + bw/2] spans +-2.5 sigma_f (over 99.9 % of the energy). Clicks repeat at 5-40 /s
@@ -263,6 +297,25 @@ def wind(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
     return _unit_rms(noise * gusts)
 
 
+def rain(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
+    """Drops: 20-200 per second (Poisson), each a burst of noise with a 0.5-3 ms exponential decay and a log-normal
+    amplitude, through a first-order high-pass at 500-2000 Hz: broadband transients in every bin at once."""
+    duration = n / sample_rate
+    count = int(rng.poisson(rng.uniform(20.0, 200.0) * duration))
+    x = np.zeros(n)
+    for _ in range(count):
+        tau = rng.uniform(0.0005, 0.003)
+        length = min(n, int(6 * tau * sample_rate) + 1)
+        start = int(rng.integers(0, max(1, n - length)))
+        drop = rng.standard_normal(length) * np.exp(-np.arange(length) / (tau * sample_rate))
+        x[start : start + length] += drop * math.exp(rng.normal(0.0, 0.7))
+    spectrum = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+    corner = rng.uniform(500.0, 2000.0)
+    spectrum *= (freqs / corner) / np.sqrt(1.0 + (freqs / corner) ** 2)
+    return _unit_rms(np.fft.irfft(spectrum, n))
+
+
 def band_power(power_spectrum: np.ndarray, freqs: np.ndarray, n: int, low_hz: float, high_hz: float) -> float:
     """Mean power (per sample) of a length-n real signal within [low_hz, high_hz], from |rfft|^2 (Parseval)."""
     band = (freqs >= low_hz) & (freqs <= high_hz)
@@ -316,8 +369,10 @@ def _field_calls(rng: np.random.Generator, sample_rate: int, duration_s: float) 
     return placed
 
 
-def _field_background(rng: np.random.Generator, n: int, sample_rate: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """White and/or pink noise, plus wind (p = 0.5) and hum (p = 0.6), at random relative levels."""
+def _field_background(rng: np.random.Generator, n: int, sample_rate: int, hard: bool = False
+                      ) -> tuple[np.ndarray, dict[str, Any]]:
+    """White and/or pink noise, plus wind (p = 0.5; always when ``hard``), rain (only when ``hard``) and hum
+    (p = 0.6), at random relative levels."""
     noise_kinds = [("white",), ("pink",), ("white", "pink")][int(rng.choice(3, p=[0.3, 0.4, 0.3]))]
     background = np.zeros(n)
     kinds: list[str] = []
@@ -326,9 +381,12 @@ def _field_background(rng: np.random.Generator, n: int, sample_rate: int) -> tup
         gen = white_noise if kind == "white" else pink_noise
         background += gen(rng, n, sample_rate) * 10 ** (rng.uniform(-3.0, 3.0) / 20)
         kinds.append(kind)
-    if rng.random() < 0.5:
+    if hard or rng.random() < 0.5:
         background += wind(rng, n, sample_rate) * 10 ** (rng.uniform(-6.0, 6.0) / 20)
         kinds.append("wind")
+    if hard:
+        background += rain(rng, n, sample_rate) * 10 ** (rng.uniform(-6.0, 6.0) / 20)
+        kinds.append("rain")
     if rng.random() < 0.6:
         wave, freqs = hum(rng, n, sample_rate)
         # A spectral line HUM_DB above the rest of the background around its fundamental, as mains hum or a
@@ -343,6 +401,30 @@ def _field_background(rng: np.random.Generator, n: int, sample_rate: int) -> tup
     return background, meta
 
 
+HARD_CALL_TYPES = ("tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst")
+
+
+def _hard_calls(rng: np.random.Generator, sample_rate: int, duration_s: float) -> list[tuple[int, Call]]:
+    """3-6 calls; the second starts inside the first (so at least two overlap in time); harmonics are stacks."""
+    placed = []
+    max_len = min(CALL_DURATION_S[1], duration_s - 2 * EDGE_MARGIN_S)
+    for i in range(int(rng.integers(3, 7))):
+        kind = HARD_CALL_TYPES[int(rng.integers(0, len(HARD_CALL_TYPES)))]
+        synth = synth_harmonic_stack if kind == "harmonic" else CALL_SYNTHS[kind]
+        call = synth(rng, sample_rate, int(rng.uniform(CALL_DURATION_S[0], max_len) * sample_rate))
+        latest = duration_s - EDGE_MARGIN_S - call.wave.size / sample_rate
+        if i == 1:
+            first_start, first = placed[0]
+            lo_s = first_start / sample_rate
+            hi_s = min(lo_s + 0.9 * first.wave.size / sample_rate, latest)
+            start_s = rng.uniform(lo_s, max(lo_s, hi_s)) if hi_s > EDGE_MARGIN_S else rng.uniform(EDGE_MARGIN_S, latest)
+            start_s = min(max(start_s, EDGE_MARGIN_S), latest)
+        else:
+            start_s = rng.uniform(EDGE_MARGIN_S, latest)
+        placed.append((int(round(start_s * sample_rate)), call))
+    return placed
+
+
 def make_clip(
     rng: np.random.Generator, preset: str, sample_rate: int, duration_s: float = 3.0
 ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, Any]]:
@@ -350,7 +432,7 @@ def make_clip(
 
     Args:
         rng: numpy Generator.
-        preset: ``"basic"`` or ``"field"``.
+        preset: ``"basic"``, ``"field"`` or ``"field_hard"``.
         sample_rate: Hz, >= MIN_SAMPLE_RATE.
         duration_s: clip length in seconds (>= MIN_DURATION_S); the clip has round(duration_s * sample_rate) samples.
     Returns:
@@ -370,6 +452,21 @@ def make_clip(
         audio = white_noise(rng, n, sample_rate) * noise_rms
         meta: dict[str, Any] = {"preset": preset, "background": ["white"], "noise_db": BASIC_NOISE_DB}
         snrs = None
+    elif preset == "field_hard":
+        audio, meta = _field_background(rng, n, sample_rate, hard=True)
+        meta = {"preset": preset, **meta}
+        placed = _hard_calls(rng, sample_rate, duration_s)
+        background_rms = math.sqrt(float(np.mean(audio * audio)))
+        below = rng.uniform(*HARD_BELOW_BACKGROUND_DB, len(placed))
+        gains = [background_rms * 10 ** (-db / 20) for db in below]
+        power = np.abs(np.fft.rfft(audio)) ** 2
+        freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+        snrs = []  # each call's level over the background in its own band (what a spectrogram shows), in dB
+        for (_, call), gain in zip(placed, gains):
+            centre, half = (call.low_hz + call.high_hz) / 2, max(call.high_hz - call.low_hz, SNR_MIN_BANDWIDTH_HZ) / 2
+            floor = band_power(power, freqs, n, centre - half, centre + half)
+            snrs.append(10 * math.log10(gain**2 / max(floor, 1e-30)))
+        snrs = np.asarray(snrs)
     else:
         audio, meta = _field_background(rng, n, sample_rate)
         meta = {"preset": preset, **meta}

@@ -134,7 +134,7 @@ def test_picker_body_is_equivariant_along_frequency():
     """Shifting the picker's input along the grid shifts its feature map (away from the grid edges)."""
     fe = make_frontend()
     g = fe.n_grid
-    x = torch.randn(1, 4, g)
+    x = torch.randn(1, fe.picker.feature_channels, g)
     x[:, :, :300] = 0
     x[:, :, 900:] = 0
     shift = 157

@@ -120,6 +120,34 @@ def test_field_ground_truth_matches_audio(sample_rate):
     assert strong and min(strong) > 2
 
 
+@pytest.mark.parametrize("sample_rate", [6000, 8000, 48000, 96000, 192000])
+def test_field_hard_calls_overlap_sit_below_wind_and_rain_and_stacks_spread(sample_rate):
+    """field_hard: 3-6 calls, the first two overlapping in time, every call's RMS 10-30 dB below the background's
+    (wind and rain always present), harmonic stacks wider than one 2 kHz band where the rate allows."""
+    widest = 0.0
+    for seed in range(10):
+        audio, events, meta = _clip("field_hard", sample_rate, seed)
+        assert np.isfinite(audio).all() and np.abs(audio).max() == pytest.approx(0.9, abs=1e-6)
+        assert {"wind", "rain"} <= set(meta["background"])
+        assert 3 <= len(events) <= 6 and len(meta["snr_db"]) == len(events)
+        for e in events:
+            assert F_MIN_HZ <= e["low_hz"] < e["high_hz"] <= 0.9 * sample_rate / 2
+            assert 0.0 <= e["onset_s"] < e["offset_s"] <= 3.0
+        spans = sorted((e["onset_s"], e["offset_s"]) for e in events)
+        assert any(b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:])  # some pair overlaps
+        widest = max([widest] + [e["high_hz"] - e["low_hz"] for e in events if e["label"] == "harmonic"])
+    if sample_rate >= 48000:
+        assert widest > 4000.0
+
+
+def test_field_hard_calls_are_quieter_than_the_background():
+    """With every call 10-30 dB below the whole background, no call stands far above the background in its own band
+    (the field preset allows 20 dB) and some lie below it."""
+    snrs = [snr for seed in range(8) for snr in _clip("field_hard", 48000, seed)[2]["snr_db"]]
+    assert max(snrs) < 25.0  # no call is far above the background in its own band
+    assert np.mean(np.asarray(snrs) < 0.0) > 0.2  # and many lie below it
+
+
 def test_field_has_all_call_types_and_a_static_hum():
     labels, hum_checked = set(), 0
     for seed in range(16):

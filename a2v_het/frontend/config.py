@@ -29,6 +29,27 @@ class HeterodyneConfig:
     power_exponent: float = 1.0
     """The coverage statistics use P(f, t)^power_exponent. 1.0 is the seed (power); 0.5 (magnitude) weighs a call
     20 dB below the loudest one 100x less instead of 10^4x less (an ablation, see BENCHMARKS.md)."""
+    coverage_statistic: Literal["call_evidence", "power_variance"] = "call_evidence"
+    """What the coverage losses and the picker's evidence measure per frequency bin. call_evidence: how far and how
+    long the bin's smoothed log power rises above its own temporal median (nats; level-free, so a quiet call counts
+    like a loud one and stationary noise of any colour counts nothing; a2v_het/frontend/call_evidence.py).
+    power_variance: the seed's sigma^2(f) = Var_t P(f, t)^power_exponent (kept for the ablation in BENCHMARKS.md:
+    loud low-frequency noise dominates it)."""
+    evidence_smooth_hz: float = 150.0
+    """call_evidence: frequency extent of the moving average of the power before the log (Hz)."""
+    evidence_smooth_s: float = 0.05
+    """call_evidence: time extent of the moving average (seconds)."""
+    evidence_margin_nats: float = 1.0
+    """call_evidence: rises smaller than this above a bin's median count nothing (1 nat = 4.3 dB)."""
+    picker_inputs: Literal["local", "global"] = "local"
+    """local: every picker input is a per-bin or local quantity (the evidence, log power against its +-1 kHz
+    neighbourhood), so the same call looks the same in an 8 kHz and a 96 kHz clip. global: the earlier inputs,
+    log power against the mean over the clip's valid bins and log p(f) normalised over them, which shift with the
+    clip's bandwidth (the ablation)."""
+    picker_init: Literal["greedy", "random"] = "greedy"
+    """greedy: the head's output layer starts at zero, so the untrained picker is exactly the greedy "most
+    uncaptured evidence" picker and training learns corrections to it. random: the default PyTorch init (the
+    ablation)."""
     picker_channels: int = 32
     picker_layers: int = 4
     picker_kernel: int = 9
@@ -56,6 +77,9 @@ class HeterodyneConfig:
             )
         if self.stft_hop_s <= 0 or self.stft_window_s <= 0:
             raise ConfigError("frontend.heterodyne.stft_window_s and stft_hop_s must be > 0")
+        if self.evidence_smooth_hz <= 0 or self.evidence_smooth_s <= 0 or self.evidence_margin_nats < 0:
+            raise ConfigError("frontend.heterodyne.evidence_smooth_hz and evidence_smooth_s must be > 0 and "
+                              "evidence_margin_nats >= 0")
 
     @property
     def min_sample_rate(self) -> float:

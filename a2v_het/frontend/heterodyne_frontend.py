@@ -20,7 +20,6 @@ from a2v_het.frontend.coverage_losses import (
     captured_fractions,
     energy_variance_loss,
     surprise_loss,
-    variance_distribution,
 )
 from a2v_het.frontend.heterodyne import heterodyne_bands, valid_output_samples
 from a2v_het.frontend.hypernetwork import BandPicker
@@ -33,8 +32,9 @@ class BandAnalysis:
     """What the hypernetwork saw and chose, on the absolute grid (all fp32)."""
 
     band_start_hz: Tensor  # (B, K) Hz
-    stats: GridPowerStats  # mean power, sigma^2(f) = Var_t P(f, t), Nyquist mask, all (B, G)
+    stats: GridPowerStats  # mean power, sigma^2(f) = Var_t P(f, t), call evidence, Nyquist mask, all (B, G)
     mask: Tensor  # (B, G) soft-OR M(f)
+    statistic: Tensor  # (B, G) what the coverage losses measure (HeterodyneConfig.coverage_statistic)
 
     @property
     def variance(self) -> Tensor:
@@ -85,21 +85,27 @@ class HeterodyneFrontend(Frontend):
         """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning)."""
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         self._check_rates(sample_rate)
-        stats = grid_power_statistics(wave, sample_rate, lengths, self.h.stft_window_s, self.h.stft_hop_s,
-                                      self.analysis_bins(sample_rate), self.grid_hz, self.h.power_exponent)
+        h = self.h
+        use_evidence = h.coverage_statistic == "call_evidence"
+        evidence = (h.evidence_smooth_hz, h.evidence_smooth_s, h.evidence_margin_nats) if use_evidence else None
+        with torch.no_grad():  # statistics of the input: nothing upstream of them learns
+            stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
+                                          self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
+        statistic = stats.evidence if use_evidence else stats.variance
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            p = variance_distribution(stats.variance, stats.freq_valid)
-            band_start = self.picker(stats.mean_power, p, stats.freq_valid, sample_rate)
-            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, self.h.band_width_hz, self.h.cauchy_width_hz))
-        return BandAnalysis(band_start, stats, mask)
+            band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate)
+            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, h.band_width_hz, h.cauchy_width_hz))
+        return BandAnalysis(band_start, stats, mask, statistic)
 
     def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         fv = a.stats.freq_valid
         with torch.autocast(device_type=a.mask.device.type, enabled=False):
-            energy = energy_variance_loss(a.variance, a.mask, fv).mean()
-            surprise = surprise_loss(a.variance, a.mask, fv).mean()
-            var_frac, s_frac = captured_fractions(a.variance.detach(), a.mask.detach(), fv)
-        stats = {"captured_variance": var_frac.mean(), "captured_surprise": s_frac.mean()}
+            energy = energy_variance_loss(a.statistic, a.mask, fv).mean()
+            surprise = surprise_loss(a.statistic, a.mask, fv).mean()
+            stat_frac, s_frac = captured_fractions(a.statistic.detach(), a.mask.detach(), fv)
+            var_frac = captured_fractions(a.variance.detach(), a.mask.detach(), fv)[0]
+        stats = {"captured_statistic": stat_frac.mean(), "captured_surprise": s_frac.mean(),
+                 "captured_variance": var_frac.mean()}
         return {"energy": energy, "surprise": surprise}, stats
 
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> FrontendOutput:

@@ -1,8 +1,13 @@
 """The hypernetwork: picks K band start frequencies per clip from a summary of the clip on an absolute-Hz grid.
 
-Design for generalisation across sample rates. The summary (log mean power, log temporal variance, the variance
-a band starting at each bin would capture, validity masks) lives on one fixed grid from 0 Hz to the Nyquist of
-the highest supported rate; bins above the clip's own Nyquist are masked and the mask is an input channel. The
+Design for generalisation across sample rates. The summary (the per-bin statistic the coverage losses measure,
+by default the call evidence E(f); log mean power against its neighbourhood; the statistic a band starting at each
+bin would capture; validity masks) lives on one fixed grid from 0 Hz to the Nyquist of the highest supported rate;
+bins above the clip's own Nyquist are masked and the mask is an input channel. Every input is per bin or local
+(``picker_inputs=local``): nothing is normalised over the clip's valid bins, whose number grows with the sample
+rate, so the same call gives the same inputs in an 8 kHz and a 96 kHz clip (away from the 8 kHz clip's Nyquist
+edge). The head's output layer starts at zero (``picker_init=greedy``): the untrained picker is exactly the greedy
+"start that captures the most evidence not yet captured", and training learns corrections around it. The
 picker is a stack of dilated convolutions along frequency (translation-equivariant: a call at 30 kHz looks to it
 like a call at 3 kHz), followed per band by a *local* soft-argmax: arg-max first, then a softmax-weighted mean of
 the start frequencies within +-window of it. The result is differentiable and can never land between two distant
@@ -23,8 +28,24 @@ from torch import Tensor, nn
 from a2v_het.frontend.band_masks import cauchy_band_masks
 from a2v_het.frontend.config import HeterodyneConfig
 
-N_FEATURES = 4  # log power, log variance, Nyquist mask, valid-start mask
-N_EVIDENCE = 2  # log capturable residual variance, covered so far
+N_FEATURES = 4  # log power, log statistic, Nyquist mask, valid-start mask
+N_EVIDENCE = 2  # log capturable residual statistic, covered so far
+EVIDENCE_UNIT = 0.01
+"""Call evidence (nats, a mean over frames) is read as log1p(E / EVIDENCE_UNIT): a bin whose level rises 1 nat
+above the margin for 1 % of the clip reads log 2."""
+LOCAL_POWER_HZ = 1000.0
+"""``local`` inputs: log mean power is read against its mean over +-this many Hz of valid bins."""
+
+
+def local_mean(values: Tensor, valid: Tensor, half_bins: int) -> Tensor:
+    """(B, G): mean of ``values`` over the valid bins within +-half_bins of each bin (box filter by cumsum)."""
+    w = valid.float()
+    c_v = torch.nn.functional.pad((values * w).cumsum(-1), (1, 0))
+    c_w = torch.nn.functional.pad(w.cumsum(-1), (1, 0))
+    g = values.shape[-1]
+    idx = torch.arange(g, device=values.device)
+    lo, hi = (idx - half_bins).clamp(min=0), (idx + half_bins + 1).clamp(max=g)
+    return (c_v[:, hi] - c_v[:, lo]) / (c_w[:, hi] - c_w[:, lo]).clamp(min=1.0)
 
 
 def band_capture(values: Tensor, band_bins: int) -> Tensor:
@@ -49,7 +70,11 @@ class BandPicker(nn.Module):
         self.band_bins = int(round(cfg.band_width_hz / grid_hz))
         self.window_bins = max(1, int(round(cfg.picker_window_hz / grid_hz)))
         layers: list[nn.Module] = []
-        ch_in = N_FEATURES
+        # local inputs leave the Nyquist and valid-start masks out of the body (invalid starts are masked at the
+        # logits): a mask edge within a receptive field would otherwise make the same call look different in an
+        # 8 kHz and a 96 kHz clip.
+        self.feature_channels = 2 if cfg.picker_inputs == "local" else N_FEATURES
+        ch_in = self.feature_channels
         for i in range(cfg.picker_layers):
             dil = 2**i
             layers += [nn.Conv1d(ch_in, cfg.picker_channels, cfg.picker_kernel, padding=dil * (cfg.picker_kernel // 2),
@@ -70,13 +95,39 @@ class BandPicker(nn.Module):
         # can learn to lean on absolute features (log power is highest at low frequencies in wind and pink noise)
         # and stack all bands on one spot at rates it has not seen.
         self.capture_gain = nn.Parameter(torch.tensor([0.5413]))  # softplus(0.5413) = 1; 1-D for DeepSpeed
+        if cfg.picker_init == "greedy":
+            nn.init.zeros_(self.head_out.weight)
+            nn.init.zeros_(self.head_out.bias)
+        self.local_half_bins = max(1, int(round(LOCAL_POWER_HZ / grid_hz)))
 
-    def forward(self, mean_power: Tensor, variance_dist: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
+    def features(self, statistic: Tensor, mean_power: Tensor, freq_valid: Tensor, start_valid: Tensor
+                 ) -> tuple[Tensor, Tensor]:
+        """Picker inputs (B, feature_channels, G) and the statistic the greedy evidence is counted in (B, G)."""
+        cfg = self.cfg
+        fv, sv = freq_valid.float(), start_valid.float()
+        total = (statistic * fv).sum(-1, keepdim=True)
+        p = torch.where(total > 0, statistic * fv / total.clamp(min=torch.finfo(torch.float32).tiny),
+                        torch.zeros_like(statistic))
+        level_free = cfg.coverage_statistic == "call_evidence" and cfg.picker_inputs == "local"
+        counted = statistic * fv if level_free else p
+        if cfg.picker_inputs == "local":
+            log_mean = torch.log(mean_power + (mean_power * fv).amax(-1, keepdim=True) * 1e-10 + 1e-30)
+            log_power = (log_mean - local_mean(log_mean, freq_valid, self.local_half_bins)) * fv
+            log_stat = (torch.log1p(counted / EVIDENCE_UNIT) if level_free else torch.log(p + 1e-6)) * fv
+        else:
+            # Against the mean over the clip's valid bins: shifts with the clip's bandwidth (the ablation).
+            ref = (mean_power * fv).sum(-1, keepdim=True) / fv.sum(-1, keepdim=True).clamp(min=1.0)
+            log_power = torch.log(mean_power / (ref + 1e-12) + 1e-6) * fv
+            log_stat = torch.log(p + 1e-6) * fv
+        channels = [log_power, log_stat] + ([fv, sv] if self.feature_channels == N_FEATURES else [])
+        return torch.stack(channels, dim=1), counted
+
+    def forward(self, statistic: Tensor, mean_power: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
         """Pick the bands.
 
         Args:
+            statistic: (B, G) >= 0, what the coverage losses measure per bin (call evidence in nats, or sigma^2).
             mean_power: (B, G) mean power per grid bin.
-            variance_dist: (B, G) temporal variance normalised to sum 1 over valid bins (p(f) of the losses).
             freq_valid: (B, G) bool, bin at or below the clip's Nyquist.
             sample_rate: (B,) Hz.
         Returns: (B, K) band starts in Hz inside [f_min, nyquist - W] of each clip.
@@ -89,17 +140,13 @@ class BandPicker(nn.Module):
             bad = sample_rate[~start_valid.any(-1)].tolist()
             raise ValueError(f"sample rates {bad} Hz are too low for one band of {cfg.band_width_hz:g} Hz starting at "
                              f">= {cfg.band_min_hz:g} Hz (need >= {cfg.min_sample_rate:g} Hz)")
-        fv = freq_valid.float()
         sv = start_valid.float()
-        # Log power relative to the clip's mean over its valid bins: gain- and rate-invariant.
-        ref = (mean_power * fv).sum(-1, keepdim=True) / fv.sum(-1, keepdim=True).clamp(min=1.0)
-        log_power = torch.log(mean_power / (ref + 1e-12) + 1e-6) * fv
-        log_var = torch.log(variance_dist + 1e-6) * fv
-        h = self.body(torch.stack([log_power, log_var, fv, sv], dim=1))  # (B, C, G)
+        x, counted = self.features(statistic, mean_power, freq_valid, start_valid)
+        h = self.body(x)  # (B, C, G)
 
         h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
         w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
-        residual = variance_dist
+        residual = counted
         covered = torch.zeros_like(mean_power)
         w = self.window_bins
         offsets = torch.arange(2 * w + 1, device=mean_power.device)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from a2v_het.frontend.call_evidence import call_evidence, odd_cells
+
 
 @dataclass
 class GridSpectrogram:
@@ -158,6 +160,8 @@ class GridPowerStats:
     num_frames: Tensor
     """(B,) valid frames per clip (0 for a clip shorter than one window)."""
     grid_hz: float
+    evidence: Tensor | None = None
+    """(B, G) fp32 call evidence E(f) in nats (:mod:`a2v_het.frontend.call_evidence`), when asked for."""
 
     @property
     def freqs_hz(self) -> Tensor:
@@ -173,6 +177,7 @@ def grid_power_statistics(
     n_grid: int,
     grid_hz: float | None = None,
     power_exponent: float = 1.0,
+    evidence: tuple[float, float, float] | None = None,
 ) -> GridPowerStats:
     """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
 
@@ -180,6 +185,8 @@ def grid_power_statistics(
     whole number of samples (every common rate with the default 20 ms window) the bins are the grid bins, and
     otherwise the per-bin statistics are linearly interpolated onto it. Same arguments as
     :func:`grid_power_spectrogram`. ``power_exponent`` != 1 takes the statistics of P^exponent (compressed power).
+    ``evidence = (smooth_hz, smooth_s, margin_nats)`` also computes the call evidence E(f) of the (uncompressed)
+    power, with the smoothing kernel rounded to odd whole bins and frames of each rate's own STFT.
     """
     grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
     device = wave.device
@@ -188,14 +195,25 @@ def grid_power_statistics(
         mean_all = torch.zeros(b, n_grid, device=device)
         var_all = torch.zeros(b, n_grid, device=device)
         frames = torch.zeros(b, dtype=torch.long, device=device)
+        evidence_all = torch.zeros(b, n_grid, device=device) if evidence is not None else None
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
+            columns = []
+            if evidence is not None:
+                smooth_hz, smooth_s, margin = evidence
+                hop = max(1, int(round(hop_s * sr)))
+                columns.append(call_evidence(power, fvalid, odd_cells(smooth_hz, sr / n_fft),
+                                             odd_cells(smooth_s, hop / sr), margin))
             if power_exponent != 1.0:
                 power = power.pow(power_exponent)
-            stats = torch.stack(power_mean_and_variance(power, fvalid), dim=2)
+            stats = torch.stack(list(power_mean_and_variance(power, fvalid)) + columns, dim=2)
             stats = _interp_onto_grid(stats, sr, n_fft, n_grid, grid_hz)
             mean_all[idx], var_all[idx] = stats[..., 0], stats[..., 1]
+            if evidence_all is not None:
+                evidence_all[idx] = stats[..., 2]
             frames[idx] = fvalid.sum(-1)
         freq_valid = _freq_valid(sample_rate, n_grid, grid_hz)
         mean_all = mean_all * freq_valid
         var_all = var_all * freq_valid
-    return GridPowerStats(mean_all, var_all, freq_valid, frames, grid_hz)
+        if evidence_all is not None:
+            evidence_all = evidence_all * freq_valid
+    return GridPowerStats(mean_all, var_all, freq_valid, frames, grid_hz, evidence_all)

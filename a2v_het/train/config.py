@@ -29,7 +29,7 @@ class DataConfig:
     """Batches of the eval split used for the periodic coverage table and band plots."""
     synthesize_if_missing: bool = False
     """Create synthetic shards with ``python -m data_tools synth`` when ``shards`` has no manifest."""
-    synth_preset: Literal["basic", "field"] = "basic"
+    synth_preset: Literal["basic", "field", "field_hard"] = "basic"
     synth_clips: int = 2000
     synth_eval_clips: int = 350
     synth_sample_rates: tuple[int, ...] = (8000, 16000, 22050, 32000, 44100, 48000)
