@@ -44,6 +44,7 @@ def audio(tmp_path_factory):
     return write_audio_folder(tmp_path_factory.mktemp("audio") / "recordings")
 
 
+@pytest.mark.slow
 def test_embed_skips_broken_files_reports_them_and_resumes(encoder_export, audio, tmp_path):
     from a2v_het.eval.embed import load_embeddings
     from a2v_het.eval.run_files import load_model
@@ -109,6 +110,7 @@ def test_embed_skips_broken_files_reports_them_and_resumes(encoder_export, audio
         (audio / "corrupt.wav").write_bytes(np.random.default_rng(0).bytes(6000))
 
 
+@pytest.mark.slow
 def test_missing_paths_are_one_line_errors(encoder_export, audio, tmp_path):
     for args in (["embed", "--checkpoint", str(tmp_path / "nope"), str(audio), "--out", str(tmp_path / "o")],
                  ["embed", "--checkpoint", str(encoder_export), str(tmp_path / "missing.wav"), "--out",
@@ -200,6 +202,7 @@ def test_pool_none_writes_tokens(encoder_export, audio, tmp_path):
     assert np.abs(x[1, 50:]).max() == 0 and np.abs(x[1, :50]).max() > 0
 
 
+@pytest.mark.slow
 def test_workers_and_shards_process_each_file_once(encoder_export, audio, tmp_path):
     """3 shards x 2 workers = every readable file embedded exactly once, with the arrays of a one-process run."""
     from a2v_het.eval.audio_files import find_audio, read_record
