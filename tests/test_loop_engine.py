@@ -94,6 +94,32 @@ def _engine_worker(rank: int, port: int, out: str) -> None:
     result["applied"] = {
         "step": step, "ema": ema,
         "teacher_same": all(torch.equal(v, objective.teacher_state_dict()[k]) for k, v in teacher.items())}
+
+    # 3. Fine-tuning warm-up under ZeRO-2: the backbone produces no gradients (no autograd through it); DeepSpeed
+    #    must still step the head, and the backbone must stay where it was.
+    from a2v_het.config import load_config
+    from a2v_het.train.finetune import FinetuneConfig
+
+    torch.manual_seed(0)
+    ft = load_config(FinetuneConfig, str(Path(__file__).resolve().parents[1] / "recipes" / "synthetic_finetune.yaml"),
+                     ["finetune.classes=[tone]", "finetune.warmup_classifier_steps=2", "train.zero_stage=2",
+                      "data.batch_size=2", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+                      "model.decoder_dim=16", "model.average_top_k_layers=2", "frontend.dim=32"])
+    objective = ft.build_objective()
+    engine, optimizer = build_engine(ft, objective, 1, "fp32", torch.device("cpu"))
+    for group in optimizer.param_groups:  # as the loop does: the backbone's lr is 0 in the warm-up
+        group["lr"] = 1e-3 * objective.lr_scale(group, 0)
+    before = {k: v.detach().clone() for k, v in objective.state_dict().items()}
+    wave, rates, lengths = _batch()
+    events = [[{"onset_s": 0.1, "offset_s": 0.4, "label": "tone"}], []]
+    loss, _ = engine(wave, rates, lengths, 0, events=events, labelled=[True, True])
+    engine.backward(loss)
+    engine.step()
+    after = objective.state_dict()
+    result["warmup"] = {
+        "applied": engine.was_step_applied(),
+        "backbone_same": all(torch.equal(v, after[k]) for k, v in before.items() if not k.startswith("head.")),
+        "head_moved": not torch.equal(before["head.weight"], after["head.weight"])}
     Path(out).write_text(json.dumps(result))
     torch.distributed.destroy_process_group()
 
@@ -117,6 +143,10 @@ def test_a_skipped_step_moves_neither_the_teacher_nor_the_step(engine_result):
     assert r == {"step": 0, "ema": None, "teacher_same": True, "student_same": True}, r
     r = engine_result["applied"]
     assert r["step"] == 1 and r["ema"] is not None and not r["teacher_same"], r
+
+
+def test_classifier_warmup_steps_the_head_alone_under_zero2(engine_result):
+    assert engine_result["warmup"] == {"applied": True, "backbone_same": True, "head_moved": True}
 
 
 def _collapse_worker(rank: int, port: int, out: str, target_var: list) -> None:
