@@ -13,6 +13,7 @@
     a2v-het bench frontend [--json]                frontends side by side: time, memory, tokens
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
     a2v-het bench data [--json]                    loader audio s/s per worker (shard -> batch), sharding h/min
+    a2v-het bench infer [--json]                   predict / embed throughput (audio h per wall h)
     a2v-het bench gpu [--device cuda|cpu]          the GPU check: smoke bf16, 2-rank NCCL, bench step/frontend
     a2v-het bench pickers --data DIR [--checkpoint C ...]   every band picker's coverage by sample rate
 """
@@ -159,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "unseen sample rates")
     bench_zoo.add_args(bz)
     bz.set_defaults(func=_cmd_bench, bench_run=bench_zoo.run)
+    from a2v_het.bench import infer as bench_infer
+
+    bi = bsub.add_parser("infer", help="predict and embed throughput: audio hours per wall hour, per model size")
+    bench_infer.add_args(bi)
+    bi.set_defaults(func=_cmd_bench, bench_run=bench_infer.run)
     from a2v_het.bench import gpu as bench_gpu
 
     bg = bsub.add_parser("gpu", help="the GPU check: smoke recipe in bf16, 2-rank NCCL, bench step and frontend on the "
