@@ -300,7 +300,10 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 continue
 
             step, ema = finish_optimizer_step(engine, objective, step)
-            if ema is None:  # DeepSpeed skipped the update: same step again with the next batch
+            applied = ema is not None  # False: DeepSpeed skipped the update; the same step again with the next batch
+            if applied:
+                consecutive_skips = 0
+            else:
                 skipped_steps += 1
                 consecutive_skips += 1
                 if consecutive_skips >= MAX_CONSECUTIVE_SKIPPED_STEPS:
@@ -308,10 +311,8 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                         f"{consecutive_skips} optimizer steps in a row skipped for a non-finite gradient norm at step "
                         f"{step}: the weights or the data are broken. Resume from an earlier checkpoint with a lower "
                         "optim.lr or a longer optim.warmup_steps, and check the data (a2v-het bench data).")
-                continue
-            consecutive_skips = 0
 
-            if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            if applied and (step % cfg.train.log_every == 0 or step == cfg.train.max_steps):
                 dt = max(time.time() - t_log, 1e-9)
                 keys = sorted(sums)
                 means = torch.stack([sums[k] for k in keys]) / n_sums
@@ -328,14 +329,16 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 logger.log(step, metrics)
                 t_log, audio_s, sums, n_sums = time.time(), 0.0, {}, 0
 
-            if dist.is_main and cfg.train.eval_every and step % cfg.train.eval_every == 0:
+            if applied and dist.is_main and cfg.train.eval_every and step % cfg.train.eval_every == 0:
                 evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device)
 
             out_of_time = cfg.train.max_time_s > 0 and time.time() - t_start > cfg.train.max_time_s
             sliced = cfg.train.stop_after_steps > 0 and step - start_step >= cfg.train.stop_after_steps
             stop = _agree(preemption.stop_requested() or out_of_time or sliced, device)
             done = step >= cfg.train.max_steps
-            if stop or done or step % cfg.train.save_every == 0:
+            # Never rewrite the checkpoint `latest` names (a stop right after a skipped step has the same step).
+            if (stop or done or (applied and step % cfg.train.save_every == 0)) \
+                    and latest_tag(run_dir) != f"step_{step:08d}":
                 checkpoint()
             if stop and not done:
                 if dist.is_main:
