@@ -9,13 +9,14 @@ through :func:`a2v_het.eval.predict.predict` (``--window-s`` windows every ``--h
 :func:`a2v_het.eval.embed.embed_files` (``--window-s`` windows every ``--window-s``, mean-pooled), each timed from
 the call to its return, model loading included (reported apart as ``load_s``); ``--repeats`` runs, the fastest
 kept. Reported: audio hours per wall hour (= times real time), seconds of wall time per hour of audio, torch
-threads, the machine.
+threads, the machine and its 1-minute load average after each model (other processes on the CPU slow it down).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -126,7 +127,7 @@ def bench_recipe(recipe: str, seconds: float, args, tmp: Path) -> dict[str, Any]
         r["audio_h_per_wall_h"] = seconds / r["wall_s"]
         r["wall_s_per_audio_h"] = r["wall_s"] * 3600 / seconds
     return {"recipe": recipe, "model": summary, "audio_s": seconds, "sample_rate": args.rate, "load_s": load_s,
-            "runs": runs}
+            "runs": runs, "load_average_1min": os.getloadavg()[0]}
 
 
 def run_bench(args) -> dict[str, Any]:
@@ -145,15 +146,15 @@ def format_table(res: dict[str, Any]) -> str:
              f"{res['machine']['cpu_cores']} cores{', ' + res['machine']['cuda_device'] if res['machine'].get('cuda_device') else ''}), "
              f"{res['window_s']:g} s windows, predict hop {res['hop_s']:g} s, embed hop {res['window_s']:g} s, "
              f"batch {res['batch_size']}",
-             "| model | backbone params | audio | command | wall | audio h / wall h | wall s / audio h |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | backbone params | audio | command | wall | audio h / wall h | wall s / audio h | load avg |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in res["results"]:
         m = r["model"]
         for cmd, v in r["runs"].items():
             lines.append(f"| {Path(r['recipe']).stem} ({m['depth']} x {m['embed_dim']}, {m['frontend']}) | "
                          f"{m['backbone_params_m']:.1f} M | {r['audio_s']:g} s at {r['sample_rate'] / 1000:g} kHz | "
                          f"{cmd} | {v['wall_s']:.1f} s | {v['audio_h_per_wall_h']:.1f} | "
-                         f"{v['wall_s_per_audio_h']:.0f} |")
+                         f"{v['wall_s_per_audio_h']:.0f} | {r['load_average_1min']:.1f} |")
     return "\n".join(lines)
 
 
