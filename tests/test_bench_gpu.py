@@ -7,9 +7,7 @@ import pytest
 
 from a2v_het.bench import gpu as bench_gpu
 
-pytestmark = pytest.mark.slow
-
-
+@pytest.mark.slow
 def test_bench_gpu_dry_run_on_cpu(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     bench_gpu.add_args(parser)
@@ -23,3 +21,11 @@ def test_bench_gpu_dry_run_on_cpu(tmp_path, capsys):
     assert checks[3]["ok"] and "2/2 cells timed" in checks[3]["detail"]
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(table) == 2 + 4 and "| pass |" in table[2] and "| skipped |" in table[3]
+
+
+@pytest.mark.parametrize("argv", [["bench", "gpu", "--device", "cpu"], ["bench", "gpu"]])
+def test_bench_gpu_is_wired_into_the_cli(argv):
+    from a2v_het.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.func is bench_gpu.cli and args.device in (None, "cpu")
