@@ -14,6 +14,7 @@
     a2v-het bench step [--json]                    training step, heterodyne vs conv frontend, same encoder
     a2v-het bench data [--json]                    loader audio s/s per worker (shard -> batch), sharding h/min
     a2v-het bench infer [--json]                   predict / embed throughput (audio h per wall h)
+    a2v-het bench probe --checkpoint NAME=C ...    probe table: pretrained vs random init, synthetic + pykanto
     a2v-het bench gpu [--device cuda|cpu]          the GPU check: smoke bf16, 2-rank NCCL, bench step/frontend
     a2v-het bench pickers --data DIR [--checkpoint C ...]   every band picker's coverage by sample rate
 """
@@ -165,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     bi = bsub.add_parser("infer", help="predict and embed throughput: audio hours per wall hour, per model size")
     bench_infer.add_args(bi)
     bi.set_defaults(func=_cmd_bench, bench_run=bench_infer.run)
+    from a2v_het.bench import probe as bench_probe
+
+    bp2 = bsub.add_parser("probe", help="linear probes of frozen embeddings (synthetic call types, pykanto) per "
+                                        "checkpoint and at random init")
+    bench_probe.add_args(bp2)
+    bp2.set_defaults(func=_cmd_bench, bench_run=bench_probe.run)
     from a2v_het.bench import gpu as bench_gpu
 
     bg = bsub.add_parser("gpu", help="the GPU check: smoke recipe in bf16, 2-rank NCCL, bench step and frontend on the "
