@@ -257,6 +257,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         save_checkpoint(engine, objective, run_dir, step, client, cfg.train.keep_last, dist.is_main, extra)
 
     t_start, start_step = time.time(), step
+    saved_step = step if tag is not None else None  # the step of the newest checkpoint this run has
     # The logs stay device tensors, summed on the device, and reach the host once per log step: a float() per key
     # and step would make the host wait for the device every step.
     t_log, audio_s, skipped, skipped_steps, consecutive_skips = time.time(), 0.0, 0, 0, 0
@@ -336,10 +337,12 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             sliced = cfg.train.stop_after_steps > 0 and step - start_step >= cfg.train.stop_after_steps
             stop = _agree(preemption.stop_requested() or out_of_time or sliced, device)
             done = step >= cfg.train.max_steps
-            # Never rewrite the checkpoint `latest` names (a stop right after a skipped step has the same step).
-            if (stop or done or (applied and step % cfg.train.save_every == 0)) \
-                    and latest_tag(run_dir) != f"step_{step:08d}":
+            # Never rewrite the checkpoint of this very step (a stop right after a skipped step has the same step):
+            # decided from a counter every rank holds, not from the file system, so no rank can skip the
+            # collective save the others enter.
+            if (stop or done or (applied and step % cfg.train.save_every == 0)) and saved_step != step:
                 checkpoint()
+                saved_step = step
             if stop and not done:
                 if dist.is_main:
                     print(f"[a2v-het] stopping at step {step} ({preemption.stop_reason()}); checkpoint saved",
