@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from a2v_het.data.augment import rate_augment
 from a2v_het.frontend import Frontend, build_frontend
 from a2v_het.train.config import PretrainConfig
 
@@ -24,6 +25,10 @@ class CoverageObjective(nn.Module):
         self.lambda_surprise = lambda_surprise
 
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0) -> tuple[Tensor, dict]:
+        h = self.frontend.h
+        if self.training and h.rate_augment_prob > 0:
+            wave, sample_rate, lengths = rate_augment(wave, sample_rate, lengths, h.rate_augment_prob,
+                                                      h.max_sample_rate)
         analysis = self.frontend.analyze(wave, sample_rate, lengths)
         aux, stats = self.frontend.coverage_losses(analysis)
         loss = self.lambda_energy * aux["energy"] + self.lambda_surprise * aux["surprise"]
