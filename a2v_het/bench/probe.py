@@ -8,8 +8,12 @@ every checkpoint given and for the same architecture at random initialisation, o
   (:func:`a2v_het.eval.probe.pykanto_labels`: great-tit individuals, species), split by recording; skipped when
   pykanto is not installed.
 
+- **great-tit ID**: the same windows, only the 19 great-tit recordings (two individuals, B32 and SW83, all at
+  22.05 kHz): on the full pykanto task the species also differ in sample rate, which a rate-aware model can read
+  off the input.
+
 Each cell: ``a2v-het embed`` (``--layers``, mean pool) then :func:`a2v_het.eval.probe.probe_folder` (logistic
-regression, C by grouped CV, seeded split): accuracy, macro F1, mAP on the test files.
+regression, C by grouped CV) for each split seed in ``--seeds``: mean ± sd of accuracy, macro F1, mAP on test.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", default="final")
     parser.add_argument("--synthetic-recordings", type=int, default=100)
     parser.add_argument("--synthetic-window-s", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic recordings")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the train/test split; mean ± sd over them")
     parser.add_argument("--tmp-dir", default=None)
     parser.add_argument("--json", action="store_true")
 
@@ -46,44 +51,72 @@ def _pykanto_root() -> Path | None:
     return root if (root / "raw").is_dir() else None
 
 
+def _great_tit_labels(pykanto_csv: Path, out_csv: Path) -> Path:
+    """The great tits only (two individuals, all at 22.05 kHz): the pykanto task a sample rate cannot give away."""
+    import csv
+
+    with open(pykanto_csv, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["label"].startswith("great_tit_")]
+    with open(out_csv, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["file", "label", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    return out_csv
+
+
 def run_bench(args) -> dict[str, Any]:
+    import numpy as np
+
     from a2v_het.eval.embed import embed_files
     from a2v_het.eval.probe import probe_folder, pykanto_labels, write_synthetic_calls
 
-    res: dict[str, Any] = {"machine": describe_machine("cpu"), "layers": args.layers, "rows": []}
+    seeds = [int(x) for x in str(args.seeds).split(",")]
+    res: dict[str, Any] = {"machine": describe_machine("cpu"), "layers": args.layers, "seeds": seeds, "rows": []}
     with tempfile.TemporaryDirectory(dir=args.tmp_dir, prefix="a2v-bench-probe-") as tmp:
         tmp = Path(tmp)
+        # task -> (labels, embedding set); embedding set -> (inputs, window_s, hop_s)
+        sets = {"synthetic": ([tmp / "synthetic" / "audio"], args.synthetic_window_s, args.synthetic_window_s)}
         tasks = {"synthetic": (write_synthetic_calls(tmp / "synthetic", args.synthetic_recordings, args.seed),
-                               [tmp / "synthetic" / "audio"], args.synthetic_window_s, args.synthetic_window_s)}
+                               "synthetic")}
         root = _pykanto_root()
         if root is not None:
-            tasks["pykanto"] = (pykanto_labels(root, tmp / "pykanto.csv"), [root], 1.0, 0.5)
+            sets["pykanto"] = ([root], 1.0, 0.5)
+            tasks["pykanto"] = (pykanto_labels(root, tmp / "pykanto.csv"), "pykanto")
+            tasks["great_tit_id"] = (_great_tit_labels(tmp / "pykanto.csv", tmp / "great_tit.csv"), "pykanto")
+        res["tasks"] = list(tasks)
         k = 0
         for item in args.checkpoint:
             name, _, path = item.partition("=")
             for random_init in ([False] if args.no_random_init else [False, True]):
                 row: dict[str, Any] = {"name": name, "checkpoint": path, "random_init": random_init}
-                for task, (labels, inputs, win, hop) in tasks.items():
+                folders = {}
+                for key, (inputs, win, hop) in sets.items():
                     k += 1
-                    out = tmp / f"emb{k}"
-                    e = embed_files(path, inputs, out, win, hop, layers=args.layers, random_init=random_init,
-                                    progress=False)
-                    r = probe_folder(out, labels, seed=args.seed)
-                    row[task] = {key: r[key] for key in ("accuracy", "macro_f1", "mAP", "n_train", "n_test", "C")}
-                    row[task]["per_class_ap"] = {c: v["ap"] for c, v in r["per_class"].items()}
-                    row[task]["embed_failed"] = len(e["failed"])
+                    folders[key] = tmp / f"emb{k}"
+                    e = embed_files(path, inputs, folders[key], win, hop, layers=args.layers,
+                                    random_init=random_init, progress=False)
+                    row[f"{key}_embed_failed"] = len(e["failed"])
+                for task, (labels, key) in tasks.items():
+                    runs = [probe_folder(folders[key], labels, seed=s) for s in seeds]
+                    row[task] = {m: float(np.mean([r[m] for r in runs])) for m in ("accuracy", "macro_f1", "mAP")}
+                    row[task].update({f"{m}_sd": float(np.std([r[m] for r in runs]))
+                                      for m in ("accuracy", "macro_f1", "mAP")})
+                    row[task]["n_test"] = [r["n_test"] for r in runs]
+                    row[task]["n_train"] = [r["n_train"] for r in runs]
+                    row[task]["per_class_ap"] = {c: float(np.nanmean([r["per_class"][c]["ap"] for r in runs]))
+                                                 for c in runs[0]["per_class"]}
                 res["rows"].append(row)
     return res
 
 
 def format_table(res: dict[str, Any]) -> str:
-    tasks = [t for t in ("synthetic", "pykanto") if res["rows"] and t in res["rows"][0]]
+    tasks = res.get("tasks", [])
     head = "| model | weights | " + " | ".join(f"{t} acc | {t} macro F1 | {t} mAP" for t in tasks) + " |"
     lines = [head, "|---|---|" + "---|" * (3 * len(tasks))]
     for r in res["rows"]:
         cells = []
         for t in tasks:
-            cells += [f"{r[t]['accuracy']:.3f}", f"{r[t]['macro_f1']:.3f}", f"{r[t]['mAP']:.3f}"]
+            cells += [f"{r[t][m]:.3f} ± {r[t][m + '_sd']:.3f}" for m in ("accuracy", "macro_f1", "mAP")]
         lines.append(f"| {r['name']} | {'random init' if r['random_init'] else 'pretrained'} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines)

@@ -8,9 +8,10 @@ recording (or the calls cut from one recording, with ``group``) never sit on bot
 
 Probe: standardisation + multinomial logistic regression (scikit-learn, lbfgs), the inverse regularisation C picked
 from ``C_GRID`` by grouped, stratified 3-fold cross-validation on the train files (macro F1) when every class has
-at least two train files, else C = 1. Reported on test: accuracy, macro F1 (over the classes seen in training),
-average precision per class (one vs rest, from the predicted probabilities) and their mean (mAP, over the classes
-with test rows). Embeddings from ``--pool none`` are mean-pooled over their valid tokens first.
+at least two train files, else C = 1. Reported on test: accuracy, macro F1 and the mean (mAP) of the average
+precision per class (one vs rest, from the predicted probabilities), both over the classes with test rows (a class
+seen only in training can still be predicted, and then counts as an error). Embeddings from ``--pool none`` are
+mean-pooled over their valid tokens first.
 """
 
 from __future__ import annotations
@@ -122,8 +123,9 @@ def linear_probe(x: np.ndarray, labels: Sequence[str], groups: Sequence[str], is
         per_class[lab] = {"ap": ap, "n_test": int(pos.sum()), "n_train": int((y[train] == lab).sum()),
                           "test_files": int(len(set(groups[keep][pos]))),
                           "train_files": int(len(set(groups[train][y[train] == lab])))}
+    tested = [c for c in classes if per_class[c]["n_test"] > 0]
     return {"accuracy": float(accuracy_score(y[keep], pred)),
-            "macro_f1": float(f1_score(y[keep], pred, average="macro", labels=classes, zero_division=0)),
+            "macro_f1": float(f1_score(y[keep], pred, average="macro", labels=tested, zero_division=0)),
             "mAP": float(np.mean(aps)), "per_class": per_class, "classes": classes, "C": c, "cv_macro_f1": cv,
             "n_train": int(train.sum()), "n_test": int(keep.sum()), "dim": int(x.shape[1]),
             "unseen_test_rows": int((test & ~keep).sum())}
