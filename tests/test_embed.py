@@ -249,3 +249,26 @@ def test_random_init_differs_from_the_loaded_weights(tmp_path):
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_model(tmp_path / "mixed")
     torch.set_num_threads(1)
+
+
+def test_read_windows_is_sample_exact_without_seeking(tmp_path):
+    """Overlapping, back-to-back, gapped and longer-than-the-file windows of a stereo FLAC: exactly the samples of
+    a whole-file read, zero after the valid ones; the file is decoded front to back."""
+    from a2v_het.eval.audio_files import audio_info, read_windows, window_starts
+
+    rng = np.random.default_rng(0)
+    sf.write(str(tmp_path / "x.flac"), (0.1 * rng.standard_normal((8000 * 37 + 123, 2))).astype(np.float32), 8000,
+             subtype="PCM_24")
+    ref, _ = sf.read(str(tmp_path / "x.flac"), dtype="float32", always_2d=True)
+    info = audio_info(tmp_path / "x.flac")
+    for win, hop in ((32000, 16000), (32000, 32000), (24000, 40000), (400000, 80000), (8000, 333)):
+        starts = window_starts(info.frames, win, hop)
+        seen = []
+        for chunk, wave, lengths in read_windows(tmp_path / "x.flac", info, starts, win, 3):
+            for j, s in enumerate(chunk):
+                want = ref[s:s + win].T
+                assert lengths[j] == want.shape[1]
+                np.testing.assert_array_equal(wave[j, :, : lengths[j]], want)
+                assert not wave[j, :, lengths[j]:].any()
+                seen.append(s)
+        assert seen == starts

@@ -155,28 +155,48 @@ def window_starts(n_samples: int, win: int, hop: int) -> list[int]:
 def read_windows(path: str | Path, info: AudioInfo, starts: Sequence[int], win: int, batch_size: int
                  ) -> Iterator[tuple[list[int], np.ndarray, np.ndarray]]:
     """Yield (window starts, wave (b, channels, win) float32 zero-padded, lengths (b,) valid samples) for
-    ``batch_size`` windows at a time. Raises UnreadableAudio (with the time reached) when decoding fails."""
+    ``batch_size`` windows at a time; ``starts`` must increase. The file is decoded once, front to back, never
+    seeked (a FLAC without a seek table would be decoded from its start at every seek: quadratic in its length);
+    memory: one window plus one batch. Raises UnreadableAudio (with the time reached) when decoding fails."""
     path = Path(path)
+    sr, c = info.sample_rate, info.channels
     try:
         fh = sf.SoundFile(str(path))
     except Exception as e:
         raise UnreadableAudio(f"cannot open: {_reason(e, path)}") from None
+    buf = np.zeros((0, c), np.float32)  # samples [pos - len(buf), pos) of the file
+    pos = 0
     with fh:
         for i in range(0, len(starts), batch_size):
             chunk = list(starts[i:i + batch_size])
-            wave = np.zeros((len(chunk), info.channels, win), np.float32)
+            wave = np.zeros((len(chunk), c, win), np.float32)
             lengths = np.zeros(len(chunk), np.int64)
             for j, s in enumerate(chunk):
+                end = min(s + win, info.frames)
                 try:
-                    fh.seek(s)
-                    x = fh.read(min(win, info.frames - s), dtype="float32", always_2d=True)
+                    if s > pos:  # a gap between windows (hop > window): decode and drop it
+                        while pos < s:
+                            n = len(fh.read(min(s - pos, 1 << 20), dtype="float32", always_2d=True))
+                            if n == 0:
+                                break
+                            pos += n
+                        buf = np.zeros((0, c), np.float32)
+                    if end > pos:
+                        x = fh.read(end - pos, dtype="float32", always_2d=True)
+                        buf = np.concatenate([buf, x]) if len(buf) else x
+                        pos += len(x)
                 except Exception as e:
-                    raise UnreadableAudio(f"decoding failed at {s / info.sample_rate:.2f} s: "
-                                          f"{_reason(e, path)}") from None
-                if not np.isfinite(x).all():
-                    raise UnreadableAudio(f"non-finite samples at {s / info.sample_rate:.2f} s")
-                wave[j, :, : x.shape[0]] = x.T
-                lengths[j] = x.shape[0]
+                    raise UnreadableAudio(f"decoding failed at {max(s, pos) / sr:.2f} s: {_reason(e, path)}") from None
+                first = s - (pos - len(buf))
+                seg = buf[max(first, 0):]
+                if not np.isfinite(seg).all():
+                    raise UnreadableAudio(f"non-finite samples at {s / sr:.2f} s")
+                seg = seg[: win]
+                wave[j, :, : len(seg)] = seg.T
+                lengths[j] = len(seg)
+                nxt = chunk[j + 1] if j + 1 < len(chunk) else (starts[i + batch_size] if i + batch_size < len(starts)
+                                                                 else pos)
+                buf = buf[max(0, nxt - (pos - len(buf))):]  # keep only what the next window needs
             yield chunk, wave, lengths
 
 
