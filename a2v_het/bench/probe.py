@@ -103,8 +103,9 @@ def run_bench(args) -> dict[str, Any]:
                                       for m in ("accuracy", "macro_f1", "mAP")})
                     row[task]["n_test"] = [r["n_test"] for r in runs]
                     row[task]["n_train"] = [r["n_train"] for r in runs]
-                    row[task]["per_class_ap"] = {c: float(np.nanmean([r["per_class"][c]["ap"] for r in runs]))
-                                                 for c in runs[0]["per_class"]}
+                    aps = {c: [r["per_class"][c]["ap"] for r in runs if r["per_class"][c]["n_test"]]
+                           for c in runs[0]["per_class"]}
+                    row[task]["per_class_ap"] = {c: float(np.mean(v)) if v else None for c, v in aps.items()}
                 res["rows"].append(row)
     return res
 
