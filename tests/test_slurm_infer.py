@@ -158,3 +158,45 @@ def test_embed_array_job_with_workers(slurm_cluster, recordings, tmp_path):
     for n in good:
         info = sf.info(str(next(recordings.glob(f"{n}.*"))))
         assert rows[n] == 3 * info.channels  # 3 s in 1 s windows, per channel
+
+
+@pytest.mark.timeout(600)
+def test_usr2_stops_requeues_and_the_task_finishes_each_file_once(slurm_cluster, tmp_path):
+    """USR2 to the batch shell (what --signal=B:USR2@120 sends before the time limit): the running file is
+    abandoned without a trace, the task requeues itself, comes back as restart 1, skips the finished files and
+    processes each of the others; no file is logged as done twice and no temporary file is left."""
+    det = write_detector_export(tmp_path / "det", ("tone",))
+    audio = tmp_path / "long"
+    audio.mkdir()
+    rng = np.random.default_rng(1)
+    for k in range(12):
+        sf.write(str(audio / f"r{k:02d}.flac"), (0.1 * rng.standard_normal(48000 * 60)).astype(np.float32), 48000)
+    out, logs = tmp_path / "pred", tmp_path / "logs"
+    logs.mkdir()
+    job = sbatch(["--array=0-0", "--ntasks=1", "--cpus-per-task=1", "--gres=none", "--time=10",
+                  f"--output={logs}/%A_%a.out", str(PREDICT_SH), "predict", "--checkpoint", str(det), str(audio),
+                  "--out", str(out), "--window-s", "10", "--hop-s", "5", "--no-progress"], tmp_path, job_env())
+    log = logs / f"{job}_0.out"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.is_file() or len(done_lines(logs)) < 2):
+        time.sleep(0.2)
+    assert len(done_lines(logs)) >= 2, log.read_text()[-3000:] if log.is_file() else "no log"
+    subprocess.run(["scancel", "--batch", "--signal=USR2", f"{job}_0"], check=True, timeout=30)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        text = log.read_text()
+        if "(restart 1)" in text and "exit status" in text.split("(restart 1)")[1]:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(log.read_text()[-4000:])
+    text = log.read_text()
+    first, second = text.split("(restart 1)")
+    assert "USR2 (time limit or preemption): stopping and requeueing" in first
+    n_first = len(re.findall(r"\[a2v-het\] done ", first))
+    assert 2 <= n_first < 12, first[-3000:]
+    assert f"{n_first} of 12 files already done" in second
+    assert done_lines(logs) == Counter({f"r{k:02d}": 1 for k in range(12)})
+    assert "exit status 0" in second
+    assert json.loads((out / "report.json").read_text())["counts"] == {"done": 12, "failed": 0, "pending": 0}
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
