@@ -272,3 +272,36 @@ def test_read_windows_is_sample_exact_without_seeking(tmp_path):
                 assert not wave[j, :, lengths[j]:].any()
                 seen.append(s)
         assert seen == starts
+
+
+@pytest.mark.slow
+def test_embed_long_recording_bounded_memory(encoder_export, tmp_path):
+    """30 min at 16 kHz (110 MB as float32) embedded per token (--pool none, 90 k tokens x 64 = 23 MB of output)
+    in a subprocess, after a 2 min file has set the peak of one batch's activations: the peak RSS grows by far less
+    than the audio or the output, and the array is complete."""
+    rng = np.random.default_rng(4)
+    for name, minutes in (("short", 2), ("long", 30)):
+        with sf.SoundFile(str(tmp_path / f"{name}.flac"), "w", 16000, 1, subtype="PCM_16") as fh:
+            for _ in range(minutes):
+                fh.write((0.05 * rng.standard_normal(60 * 16000)).astype(np.float32))
+    out = tmp_path / "emb"
+    driver = (
+        "import resource, json\n"
+        "from a2v_het.eval.embed import embed_files\n"
+        f"embed_files({str(encoder_export)!r}, [{str(tmp_path / 'short.flac')!r}], {str(tmp_path / 'warm')!r},"
+        " window_s=10.0, pool='none', batch_size=4, progress=False)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        f"res = embed_files({str(encoder_export)!r}, [{str(tmp_path / 'long.flac')!r}], {str(out)!r}, window_s=10.0,"
+        " pool='none', batch_size=4, progress=False)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'growth_kb': after - before, 'exit': res['exit_code'], 'rows': res['rows']}))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"embed 30 min per token: peak RSS growth {res['growth_kb'] / 1024:.1f} MB")
+    assert res["exit"] == 0 and res["rows"] == 180
+    assert res["growth_kb"] < 20 * 1024, res["growth_kb"]
+    arr = np.load(out / "embeddings" / "long.npy", mmap_mode="r")
+    assert arr.shape == (180, 500, 64) and np.isfinite(arr[-1]).all() and np.abs(arr[-1]).max() > 0
