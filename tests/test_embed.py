@@ -302,6 +302,7 @@ def test_embed_long_recording_bounded_memory(encoder_export, tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"embed 30 min per token: peak RSS growth {res['growth_kb'] / 1024:.1f} MB")
     assert res["exit"] == 0 and res["rows"] == 180
-    assert res["growth_kb"] < 20 * 1024, res["growth_kb"]
+    # 15.5 MB measured: holding the audio (110 MB) or the output (23 MB, on top of that) would exceed the bound
+    assert res["growth_kb"] < 30 * 1024, res["growth_kb"]
     arr = np.load(out / "embeddings" / "long.npy", mmap_mode="r")
     assert arr.shape == (180, 500, 64) and np.isfinite(arr[-1]).all() and np.abs(arr[-1]).max() > 0
