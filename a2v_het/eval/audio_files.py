@@ -338,6 +338,7 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
     if skipped:
         print(f"[a2v-het] {skipped} of {len(mine)} files already done in {out}: skipped", file=sys.stderr, flush=True)
     results: list[dict[str, Any]] = []
+    processor = factory(**spec) if todo and workers <= 1 else None  # before the bar: its errors are one line
     bar = tqdm(total=len(todo), desc=desc, unit="file", disable=not progress, file=sys.stderr)
 
     def finished(rec: dict[str, Any]) -> None:
@@ -347,7 +348,8 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
             print(f"[a2v-het] done {rec['name']}: {rec['duration_s']:.1f} s of audio in {rec['seconds']:.1f} s",
                   file=sys.stderr, flush=True)
     if workers <= 1 or len(todo) <= 1:
-        processor = factory(**spec) if todo else None
+        if processor is None and todo:
+            processor = factory(**spec)
         for p, n in todo:
             finished(process_one(processor, p, n, out, None))
     else:

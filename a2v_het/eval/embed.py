@@ -7,8 +7,9 @@ memory. Each window goes through the frozen student encoder on its own (its embe
 clips of its batch, on padding, or on the sample rates next to it) and is reduced to:
 
 - ``--layers final`` (default): the encoder output, its final LayerNorm of the residual stream after the last
-  block; ``--layers -2,-1`` (or ``1,2,3``, 1-based, negative from the top): the final LayerNorm of the mean of the
-  residual streams after those blocks (what a fine-tuned detector's head reads with top_k = 2; ``-1`` = final);
+  block; ``--layers=-2,-1`` (or ``1,2,3``; 1-based, negative from the top, ``=`` before a negative list): the final
+  LayerNorm of the mean of the residual streams after those blocks (what a fine-tuned detector's head reads with
+  top_k = 2; ``-1`` = final);
 - ``--pool mean`` (default) / ``max`` over the window's valid tokens -> one (D,) vector, or ``--pool none`` -> the
   tokens at ``token_rate`` (50/s), (N, D) per window, zero after the ``n_tokens`` valid ones.
 
@@ -253,7 +254,13 @@ def embed_files(checkpoint: str | Path, inputs: Sequence[str | Path], out: str |
                 device: str = "cpu", random_init: bool = False, workers: int = 1, shard_index: int | None = None,
                 shard_count: int | None = None, progress: bool = True) -> dict[str, Any]:
     """The ``a2v-het embed`` command as a function; see :func:`a2v_het.eval.audio_files.run_files` for the return."""
-    read_config_tree(resolve_checkpoint(checkpoint)[1])  # fail fast (one-line CheckpointError) before any file
+    # Fail fast, with one-line errors, before any file or worker: the checkpoint, the layers, the windows.
+    tree = read_config_tree(resolve_checkpoint(checkpoint)[1])
+    parse_layers(layers, int(tree["model"].get("depth", 12)))
+    if pool not in POOLS:
+        raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    if window_s <= 0 or (hop_s is not None and hop_s <= 0) or batch_size < 1 or workers < 1:
+        raise ValueError("window_s and hop_s must be > 0, batch_size and workers >= 1")
     spec = dict(checkpoint=str(checkpoint), window_s=window_s, hop_s=hop_s, layers=layers, pool=pool,
                 batch_size=batch_size, device=device, random_init=random_init, progress=progress and workers <= 1)
     settings = {k: v for k, v in spec.items() if k != "progress"}
@@ -267,8 +274,8 @@ def add_args(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (embeddings/, index.csv, report.json)")
     parser.add_argument("--window-s", type=float, default=10.0, help="window length (s)")
     parser.add_argument("--hop-s", type=float, default=None, help="hop between windows (s; default: --window-s)")
-    parser.add_argument("--layers", default="final", help="'final' (encoder output) or blocks, e.g. -2,-1 (final "
-                        "norm of the mean of their residual streams)")
+    parser.add_argument("--layers", default="final", help="'final' (encoder output) or blocks, e.g. --layers=-2,-1 "
+                        "(final norm of the mean of their residual streams; 1-based, negative from the top)")
     parser.add_argument("--pool", choices=POOLS, default="mean", help="per-window mean/max, or none = per token")
     parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     parser.add_argument("--random-init", action="store_true", help="the same architecture at random init")

@@ -207,6 +207,9 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
     if "finetune" not in tree:
         raise CheckpointError(f"{checkpoint} is a pretraining checkpoint: predict needs a fine-tuned detector "
                               "(use `a2v-het embed` for embeddings)")
+    _check_windows(float(tree["frontend"].get("token_rate", 50.0)), window_s, hop_s)
+    if batch_size < 1 or workers < 1:
+        raise ValueError("batch_size and workers must be >= 1")
     classes = list(tree["finetune"].get("classes") or [])
     thresholds = {c: threshold for c in classes} if threshold is not None else load_thresholds(checkpoint, classes)
     spec = dict(checkpoint=str(checkpoint), window_s=window_s, hop_s=hop_s, batch_size=batch_size,
