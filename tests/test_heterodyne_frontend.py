@@ -109,7 +109,10 @@ def test_bf16_autocast_keeps_losses_fp32_and_finite():
 
 def test_gradient_routing():
     """Coverage losses train the hypernetwork; the token path reaches it only when band_grad_from_ssl is set."""
-    wave, rates, lengths = batch([(16000, noisy_tone(16000, 1.0, 3000.0)), (44100, noisy_tone(44100, 1.0, 9000.0))])
+    # More calls than 8 bands of 2 kHz can hold, so the coverage losses have something left to pull towards.
+    sr = 44100
+    many = sum(noisy_tone(sr, 1.0, f, seed=i) for i, f in enumerate(range(1000, 21000, 1200)))
+    wave, rates, lengths = batch([(16000, noisy_tone(16000, 1.0, 3000.0)), (sr, many)])
 
     def picker_grads(fe, which):
         fe.zero_grad(set_to_none=True)

@@ -51,7 +51,7 @@ class SelectorPicker:
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         fe._check_rates(sample_rate)
         n_grid = fe.analysis_bins(sample_rate)
-        evidence = (h.evidence_smooth_hz, h.evidence_smooth_s, h.evidence_margin_nats)
+        evidence = h.evidence_args
         stats = grid_power_statistics(wave, sample_rate, lengths, h.stft_window_s, h.stft_hop_s, n_grid, fe.grid_hz,
                                       h.power_exponent, evidence)
         args = (h.num_bands, h.band_width_hz, h.band_min_hz)

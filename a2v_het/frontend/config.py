@@ -41,6 +41,9 @@ class HeterodyneConfig:
     """call_evidence: time extent of the moving average (seconds)."""
     evidence_margin_nats: float = 1.0
     """call_evidence: rises smaller than this above a bin's median count nothing (1 nat = 4.3 dB)."""
+    evidence_common_mode_hz: float = 1000.0
+    """call_evidence: a rise counts above the mean rise of the bins within +-this many Hz in the same frame, so rain
+    and wind gusts (which lift whole neighbourhoods) count little and calls (their own bins) fully; 0 = off."""
     picker_inputs: Literal["local", "global"] = "local"
     """local: every picker input is a per-bin or local quantity (the evidence, log power against its +-1 kHz
     neighbourhood), so the same call looks the same in an 8 kHz and a 96 kHz clip. global: the earlier inputs,
@@ -50,7 +53,7 @@ class HeterodyneConfig:
     """greedy: the head's output layer starts at zero, so the untrained picker is exactly the greedy "most
     uncaptured evidence" picker and training learns corrections to it. random: the default PyTorch init (the
     ablation)."""
-    rate_augment_prob: float = 0.0
+    rate_augment_prob: float = 0.5
     """Coverage training: the chance that a training clip is re-sampled to a higher rate (up to max_sample_rate) with
     its content shifted up, so the picker learns on spectra as wide and high as the unseen rates' (a2v_het/data/
     augment.py). 0 = off."""
@@ -87,6 +90,15 @@ class HeterodyneConfig:
         if self.evidence_smooth_hz <= 0 or self.evidence_smooth_s <= 0 or self.evidence_margin_nats < 0:
             raise ConfigError("frontend.heterodyne.evidence_smooth_hz and evidence_smooth_s must be > 0 and "
                               "evidence_margin_nats >= 0")
+        if self.evidence_common_mode_hz < 0 or not 0 <= self.rate_augment_prob <= 1:
+            raise ConfigError("frontend.heterodyne.evidence_common_mode_hz must be >= 0 and rate_augment_prob in "
+                              "[0, 1]")
+
+    @property
+    def evidence_args(self) -> tuple[float, float, float, float]:
+        """(smooth_hz, smooth_s, margin_nats, common_mode_hz) for :func:`a2v_het.frontend.spectrum.grid_power_statistics`."""
+        return (self.evidence_smooth_hz, self.evidence_smooth_s, self.evidence_margin_nats,
+                self.evidence_common_mode_hz)
 
     @property
     def min_sample_rate(self) -> float:

@@ -87,7 +87,7 @@ class HeterodyneFrontend(Frontend):
         self._check_rates(sample_rate)
         h = self.h
         use_evidence = h.coverage_statistic == "call_evidence"
-        evidence = (h.evidence_smooth_hz, h.evidence_smooth_s, h.evidence_margin_nats) if use_evidence else None
+        evidence = h.evidence_args if use_evidence else None
         with torch.no_grad():  # statistics of the input: nothing upstream of them learns
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
