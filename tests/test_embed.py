@@ -111,12 +111,16 @@ def test_embed_skips_broken_files_reports_them_and_resumes(encoder_export, audio
 
 
 @pytest.mark.slow
-def test_missing_paths_are_one_line_errors(encoder_export, audio, tmp_path):
+def test_missing_paths_are_one_line_errors(encoder_export, detector_export, audio, tmp_path):
     for args in (["embed", "--checkpoint", str(tmp_path / "nope"), str(audio), "--out", str(tmp_path / "o")],
                  ["embed", "--checkpoint", str(encoder_export), str(tmp_path / "missing.wav"), "--out",
                   str(tmp_path / "o")],
                  ["predict", "--checkpoint", str(tmp_path / "nope"), str(audio), "--out", str(tmp_path / "o")],
-                 ["predict", "--checkpoint", str(encoder_export), str(audio), "--out", str(tmp_path / "o")]):
+                 ["predict", "--checkpoint", str(encoder_export), str(audio), "--out", str(tmp_path / "o")],
+                 ["embed", "--checkpoint", str(encoder_export), str(audio), "--out", str(tmp_path / "o"),
+                  "--layers", "7", "--workers", "2"],
+                 ["predict", "--checkpoint", str(detector_export), str(audio), "--out", str(tmp_path / "o"),
+                  "--window-s", "1.01", "--workers", "2"]):
         proc = cli(*args, cwd=tmp_path)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
