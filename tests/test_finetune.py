@@ -216,10 +216,11 @@ def test_tiny_finetune_overfits_through_the_deepspeed_loop(tmp_path):
 
     from a2v_het.config import config_from_dict
     from a2v_het.train.finetune import FinetuneConfig
+    from a2v_het.train.objective import build_objective
 
     cfg = config_from_dict(FinetuneConfig, yaml.safe_load((run_dir / "config.yaml").read_text()))
     torch.manual_seed(cfg.train.seed)  # as the loop does before building the objective
-    init = cfg.build_objective().state_dict()
+    init = build_objective(cfg).state_dict()
     at3 = load_file(str(run_dir / "checkpoints" / "step_00000003" / "model.safetensors"))
     assert all(torch.equal(init[k], at3[k]) for k in at3 if not k.startswith("head.")), "backbone moved in warm-up"
     assert not torch.equal(init["head.weight"], at3["head.weight"])

@@ -105,7 +105,7 @@ def _engine_worker(rank: int, port: int, out: str) -> None:
                      ["finetune.classes=[tone]", "finetune.warmup_classifier_steps=2", "train.zero_stage=2",
                       "data.batch_size=2", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
                       "model.decoder_dim=16", "model.average_top_k_layers=2", "frontend.dim=32"])
-    objective = ft.build_objective()
+    objective = build_objective(ft)
     engine, optimizer = build_engine(ft, objective, 1, "fp32", torch.device("cpu"))
     for group in optimizer.param_groups:  # as the loop does: the backbone's lr is 0 in the warm-up
         group["lr"] = 1e-3 * objective.lr_scale(group, 0)

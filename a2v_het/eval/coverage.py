@@ -22,10 +22,15 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from a2v_het.config import config_from_dict
+from a2v_het.frontend import build_frontend
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.coverage_losses import EPS, captured_fractions, surprise, variance_distribution
 from a2v_het.frontend.spectrum import grid_power_statistics
+from a2v_het.recipe import PretrainConfig
+from a2v_het.runs import load_weights, resolve_weights
 
 COVERED_FRACTION = 0.5
 MASK_THRESHOLD = 0.5
@@ -174,12 +179,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 def load_frontend(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """A frontend from an export folder (config.yaml + model.safetensors) or a run folder (its ``latest``)."""
-    from a2v_het.config import config_from_dict
-    from a2v_het.frontend import build_frontend
-    from a2v_het.train.checkpoint import load_weights, resolve_weights
-    from a2v_het.train.config import PretrainConfig
-    import yaml
-
     weights, config_path = resolve_weights(checkpoint)
     cfg = config_from_dict(PretrainConfig, yaml.safe_load(config_path.read_text()))
     frontend = build_frontend(cfg.frontend)

@@ -8,26 +8,29 @@ and applied unchanged to the test split. PNGs: per-class PR curves, example clip
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from a2v_het.config import config_from_dict
+from a2v_het.data.manifest import read_manifest
+from a2v_het.data.stream import make_eval_loader
+from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval import events as E
+from a2v_het.model.classifier import CallDetector
+from a2v_het.recipe import FinetuneConfig
+from a2v_het.runs import load_weights, resolve_weights
 
 
 def load_detector(checkpoint: str | Path, device: str | torch.device = "cpu"):
     """(CallDetector in eval mode, FinetuneConfig) from a fine-tune run folder (latest checkpoint) or its export."""
-    import yaml
-
-    from a2v_het.config import config_from_dict
-    from a2v_het.model.classifier import CallDetector
-    from a2v_het.train.checkpoint import load_weights, resolve_weights
-    from a2v_het.train.finetune import FinetuneConfig
-
     weights, config_path = resolve_weights(checkpoint)
     tree = yaml.safe_load(config_path.read_text())
     if "finetune" not in tree:
@@ -45,9 +48,6 @@ def collect(model, data: str, split: str, classes: list[str], batch_size: int = 
             keep_waves: int = 0, device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Per labelled clip: probs (N, C), targets (N, C), events (reference, classes only), key; the first
     ``keep_waves`` clips also keep wave and sample_rate (for plots)."""
-    from a2v_het.data.stream import make_eval_loader
-    from a2v_het.data.targets import events_to_frame_targets
-
     out: list[dict[str, Any]] = []
     # One process reads the whole split: after a multi-rank fine-tune rank 0 evaluates alone, with RANK and
     # WORLD_SIZE still set, and must not take only its 1 / world_size share.
@@ -98,8 +98,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                         device: str = "cpu") -> dict[str, Any]:
     """Thresholds tuned on ``val_data``/``val_split`` (default: ``data``), applied to ``data``/``split`` when that
     split exists (else the report holds val only, which is optimistic: its thresholds were tuned on it)."""
-    from a2v_het.data.manifest import read_manifest
-
     model, cfg = load_detector(checkpoint, device)
     f = cfg.finetune
     classes, rate = list(f.classes), model.token_rate
@@ -146,6 +144,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def write_plots(plot_dir: Path, clips: list[dict], ests: list[list[dict]], classes: list[str]) -> dict[str, str]:
+    # lazy: matplotlib (here and through eval.plots) is heavy and only the plots need it
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
@@ -209,9 +208,6 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    import argparse
-    import sys
-
     p = argparse.ArgumentParser(prog="a2v-het evaluate")
     add_args(p)
     sys.exit(run(p.parse_args()))

@@ -8,8 +8,8 @@ Two kinds of checkpoint, told apart by their ``config.yaml``:
   head; ``model.classes`` holds the class names.
 
 Both expose ``frontend``, ``token_norm``, ``token_proj``, ``encoder``, ``cfg`` (ModelConfig) and ``token_rate``
-(tokens/s), which is all :func:`encode` needs. This module reads the run folder layout itself (``checkpoints/latest``
--> ``checkpoints/<tag>/COMPLETE``) so that inference does not import the training code.
+(tokens/s), which is all :func:`encode` needs. The run folder layout (``checkpoints/latest``
+-> ``checkpoints/<tag>/COMPLETE``) comes from :mod:`a2v_het.runs`, so inference does not import the training code.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from a2v_het.config import config_from_dict
 from a2v_het.frontend import build_frontend
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.model.config import ModelConfig
+from a2v_het.runs import checkpoint_root, latest_tag
 
 
 class CheckpointError(ValueError):
@@ -39,10 +40,9 @@ def resolve_checkpoint(checkpoint: str | Path) -> tuple[Path, Path]:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     if (path / "model.safetensors").is_file() and (path / "config.yaml").is_file():
         return path / "model.safetensors", path / "config.yaml"
-    pointer = path / "checkpoints" / "latest"
-    tag = pointer.read_text().strip() if pointer.is_file() else ""
-    weights = path / "checkpoints" / tag / "model.safetensors"
-    if not tag or not (path / "checkpoints" / tag / "COMPLETE").is_file() or not weights.is_file():
+    tag = latest_tag(path)
+    weights = checkpoint_root(path) / (tag or "") / "model.safetensors"
+    if tag is None or not weights.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} is neither an export folder (config.yaml + model.safetensors)"
                               " nor a run folder with a complete checkpoint (checkpoints/latest)")
     if not (path / "config.yaml").is_file():

@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from a2v_het.frontend import build_frontend
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.model.config import ModelConfig
+from a2v_het.model.data2vec import Data2VecModel
+from a2v_het.runs import load_weights
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -47,8 +49,6 @@ class CallDetector(nn.Module):
     def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, num_classes: int, top_k: int = 1,
                  dropout: float = 0.1, freeze_frontend: bool = False):
         super().__init__()
-        from a2v_het.model.data2vec import Data2VecModel
-
         if not 1 <= top_k <= model_cfg.depth:
             raise ValueError(f"top_k must be in [1, model.depth={model_cfg.depth}], got {top_k}")
         base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
@@ -72,8 +72,6 @@ class CallDetector(nn.Module):
     def features(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0) -> tuple[Tensor, Tensor]:
         """-> features (B, N, D) = final LayerNorm of the mean of the top-K residual streams, padding_mask (B, N)
         True = pad. ``step`` seeds layerdrop (the same blocks on every rank)."""
-        from a2v_het.model.data2vec import Data2VecModel
-
         tokens, padding_mask, _ = Data2VecModel._tokens(self, wave, sample_rate, lengths)
         _, streams = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask,
                                   layerdrop_seed=step, outputs="residual")
@@ -101,8 +99,6 @@ class CallDetector(nn.Module):
         """Backbone weights from ``export_dir/model.safetensors`` (or a .safetensors path). Strict: every frontend /
         token / encoder parameter must be there; pretraining-only keys (decoder, mask embedding) are ignored and
         the head is new."""
-        from a2v_het.train.checkpoint import load_weights
-
         path = Path(export_dir)
         if path.is_dir():
             path = path / "model.safetensors"

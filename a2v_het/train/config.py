@@ -1,104 +1,12 @@
-"""The pretraining recipe: one typed tree of defaults; YAML recipes in recipes/ hold overrides only."""
+"""The pretraining recipe's config tree; it lives in :mod:`a2v_het.recipe` (below train/ and eval/), re-exported
+here for the training code and older imports."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
-from a2v_het.config import ConfigError
-from a2v_het.frontend.config import FrontendConfig
-from a2v_het.model.config import ModelConfig
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    shards: str = "data/synth-basic"
-    """Folder with manifest.json and the WebDataset tar shards (see docs/shard-format.md)."""
-    train_split: str = "train"
-    eval_split: str = "val"
-    duration_s: float = 3.0
-    """Seconds of audio per clip (random crop), the same at every sample rate."""
-    batch_size: int = 8
-    """Clips per GPU (per process) and micro-step."""
-    num_workers: int = 2
-    samples_per_epoch: int = 10000
-    """Length of one pass of the resampled (infinite) training stream, per process."""
-    bc_mixup: bool = False
-    """animal2vec's between-class mixing of same-rate clips in a batch (ratio r ~ U(0.5, 1), A-weighted gains)."""
-    eval_batches: int = 8
-    """Batches of the eval split used for the periodic coverage table and band plots."""
-    synthesize_if_missing: bool = False
-    """Create synthetic shards with ``python -m data_tools synth`` when ``shards`` has no manifest."""
-    synth_preset: Literal["basic", "field", "field_hard"] = "basic"
-    synth_clips: int = 2000
-    synth_eval_clips: int = 350
-    synth_sample_rates: tuple[int, ...] = (8000, 16000, 22050, 32000, 44100, 48000)
-    synth_eval_sample_rates: tuple[int, ...] = (6000, 12000, 18000, 24000, 38000, 64000, 96000)
-    synth_seed: int = 0
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 7.5e-4
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-6
-    weight_decay: float = 0.01
-    warmup_steps: int = 8000
-    final_lr_ratio: float = 0.0
-    grad_clip: float = 4.0
-    """Set explicitly: DeepSpeed's default is no clipping."""
-    grad_accum: int = 1
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    run_dir: str = "runs/default"
-    objective: Literal["data2vec", "coverage"] = "data2vec"
-    """data2vec = full student-teacher pretraining; coverage = train only the frontend on its coverage losses."""
-    max_steps: int = 400000
-    """Optimizer steps."""
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto = bf16 on GPU, fp32 on CPU."""
-    zero_stage: int = 2
-    log_every: int = 10
-    eval_every: int = 1000
-    save_every: int = 1000
-    keep_last: int = 3
-    max_time_s: float = 0.0
-    """Stop (with a checkpoint) after this many seconds of training; 0 = no limit."""
-    resume_weights_only: bool = False
-    """Resume ``latest`` without its optimizer state (weights, EMA teacher, step, data position and RNG are kept;
-    AdamW moments start fresh). Needed when the world size changed under ZeRO-1/2, whose optimizer state is
-    partitioned over the ranks that wrote it."""
-    stop_after_steps: int = 0
-    """Stop (with a checkpoint) after this many optimizer steps of this invocation; 0 = no limit. Time-sliced
-    jobs; the schedules still follow max_steps."""
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    """auto = online with WANDB_API_KEY set, offline otherwise."""
-    project: str = "a2v_het"
-    run_name: str = ""
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    frontend: FrontendConfig = field(default_factory=FrontendConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-    def validate(self) -> None:
-        if self.train.zero_stage not in (0, 1, 2):
-            raise ConfigError("train.zero_stage must be 0, 1 or 2 (stage 3 would shard the weights the EMA teacher "
-                              "and the safetensors export read)")
-        if self.train.objective == "coverage" and self.frontend.name != "heterodyne":
-            raise ConfigError("train.objective=coverage trains the heterodyne hypernetwork; "
-                              f"frontend.name is {self.frontend.name!r}")
-        if self.data.batch_size < 1 or self.optim.grad_accum < 1 or self.train.max_steps < 1:
-            raise ConfigError("data.batch_size, optim.grad_accum and train.max_steps must be >= 1")
+from a2v_het.recipe import (  # noqa: F401  (re-exported)
+    DataConfig,
+    LoggingConfig,
+    OptimConfig,
+    PretrainConfig,
+    TrainConfig,
+)

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from a2v_het.config import atomic_write_text
-from a2v_het.train.checkpoint import checkpoint_root, latest_tag
+from a2v_het.runs import checkpoint_root, latest_tag
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:

@@ -1,8 +1,8 @@
 """Fine-tuning for call detection through the pretraining loop (``a2v_het.train.loop.pretrain``).
 
-``FinetuneConfig`` has the pretraining sections plus ``finetune``; its :meth:`FinetuneConfig.build_objective` gives
-the loop a :class:`FinetuneObjective` (a :class:`CallDetector` whose ``forward`` returns the masked frame loss from
-the batch's events), so checkpoints, resume, preemption, logging and export are the pretraining ones. After the
+``FinetuneConfig`` (:mod:`a2v_het.recipe`) has the pretraining sections plus ``finetune``;
+:func:`a2v_het.train.objective.build_objective` gives the loop a :class:`FinetuneObjective` (a :class:`CallDetector`
+whose ``forward`` returns the masked frame loss from the batch's events), so checkpoints, resume, preemption, logging and export are the pretraining ones. After the
 last step, rank 0 evaluates on the val split (tuning per-class thresholds) and the test split when present and
 writes ``eval.json`` / ``eval.md`` to the run folder.
 
@@ -11,80 +11,38 @@ writes ``eval.json`` / ``eval.md`` to the run folder.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
-from typing import Literal
 
+import numpy as np
 import torch
+import yaml
 from torch import Tensor
 
-from a2v_het.config import ConfigError
+from a2v_het.config import ConfigError, atomic_write_text, config_from_dict, load_config
+from a2v_het.data.manifest import read_manifest
+from a2v_het.data.targets import events_to_frame_targets
+from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
 from a2v_het.model.mixup import bc_mixup
-from a2v_het.train.config import PretrainConfig
+from a2v_het.recipe import FinetuneConfig, FinetuneSection, PretrainConfig  # noqa: F401  (re-exported)
+from a2v_het.runs import is_finished
+from a2v_het.train.distributed import default_to_cpu_accelerator, dist_env_from
 
 
-@dataclass(frozen=True)
-class FinetuneSection:
-    init: str = ""
-    """Export folder of a pretrained model (``a2v-het export``); "" = train from scratch. With an init, the model and
-    frontend sections are taken from the export's config.yaml."""
-    classes: tuple[str, ...] = ()
-    """Class names (columns of the head); empty = the manifest's ``classes``."""
-    loss: Literal["focal", "bce"] = "focal"
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    pos_weight: float = 1.0
-    """BCE only: weight of positive frames."""
-    warmup_classifier_steps: int = 0
-    """Steps during which only the head learns: the backbone runs without autograd (no backward through it, no
-    gradients of its in the global clip norm) and its lr is scaled to 0."""
-    freeze_frontend: bool = False
-    top_k: int = 1
-    """The head reads the encoder's final LayerNorm of the mean of the residual streams after the top-K blocks
-    (K = 1: the encoder's final output)."""
-    dropout: float = 0.1
-    bc_mixup: bool = False
-    """Between-class mixup of same-rate clips; the frame targets are mixed like the waves: r * y1 + (1 - r) * y2."""
-    val_split: str = "val"
-    test_split: str = "test"
-    smooth_s: float = 0.1
-    """Moving-average window of the frame probabilities before thresholding (s)."""
-    min_duration_s: float = 0.0
-    merge_gap_s: float = 0.0
-    match_iou: float = 0.3
-    """IoU threshold of the one-to-one event matching (0 = any overlap)."""
-    collar_s: float = 0.2
-    eval_batch_size: int = 8
-    eval_max_clips: int = 0
-    """0 = the whole split."""
-    eval_plots: int = 4
-    """Example clips plotted (spectrogram + true / predicted events)."""
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(PretrainConfig):
-    """The pretraining sections (data, frontend, model, optim, train, logging) plus ``finetune``."""
-
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.data.bc_mixup:
-            raise ConfigError("use finetune.bc_mixup (mixes the targets too), not data.bc_mixup")
-        if not 1 <= self.finetune.top_k <= self.model.depth:
-            raise ConfigError(f"finetune.top_k must be in [1, model.depth={self.model.depth}]")
-
-    def build_objective(self) -> "FinetuneObjective":
-        if not self.finetune.classes:
-            raise ConfigError("finetune.classes is empty: resolve it from the manifest first (finetune() does)")
-        obj = FinetuneObjective(self)
-        if self.finetune.init:
-            obj.load_pretrained(self.finetune.init)
-        return obj
+def build_finetune_objective(cfg: FinetuneConfig) -> "FinetuneObjective":
+    """The loop's objective for a fine-tuning config: the detector, with the pretrained backbone when
+    ``finetune.init`` names an export."""
+    if not cfg.finetune.classes:
+        raise ConfigError("finetune.classes is empty: resolve it from the manifest first (finetune() does)")
+    obj = FinetuneObjective(cfg)
+    if cfg.finetune.init:
+        obj.load_pretrained(cfg.finetune.init)
+    return obj
 
 
 def mix_targets(targets: Tensor, partner: Tensor, ratio: Tensor) -> Tensor:
@@ -127,9 +85,6 @@ class FinetuneObjective(CallDetector):
 
     # ---- loss
     def frame_targets(self, events: list, n_frames: int, device: torch.device) -> Tensor:
-        from a2v_het.data.targets import events_to_frame_targets
-        import numpy as np
-
         t = np.stack([events_to_frame_targets(ev, self.classes, n_frames, self.token_rate, unknown="ignore")
                       for ev in events]) if events else np.zeros((0, n_frames, len(self.classes)), np.float32)
         return torch.from_numpy(t).to(device)
@@ -170,9 +125,6 @@ class FinetuneObjective(CallDetector):
 # ---------------------------------------------------------------------------------------------------- running
 def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
     """Classes from the manifest when not given; model/frontend from the init export's config.yaml."""
-    from a2v_het.config import config_from_dict
-    import yaml
-
     f = cfg.finetune
     if f.init:
         export_cfg = Path(f.init) / "config.yaml"
@@ -184,8 +136,7 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
         pre = config_from_dict(PretrainConfig, tree)
         cfg = dataclasses.replace(cfg, model=pre.model, frontend=pre.frontend)
     if not f.classes:
-        from a2v_het.data.manifest import read_manifest
-        from a2v_het.train.loop import ensure_shards
+        from a2v_het.train.loop import ensure_shards  # lazy: the loop imports train.objective, which imports us
 
         if _rank() == 0:
             ensure_shards(cfg, True)  # the process group is not up yet: the other ranks wait for the manifest
@@ -201,14 +152,10 @@ def resolve_config(cfg: FinetuneConfig) -> FinetuneConfig:
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
-    from a2v_het.train.distributed import dist_env_from
-
     return dist_env_from().rank
 
 
 def _wait_for(path: Path, timeout_s: float = 3600.0) -> None:
-    import time
-
     t0 = time.time()
     while not path.is_file():
         if time.time() - t0 > timeout_s:
@@ -217,22 +164,13 @@ def _wait_for(path: Path, timeout_s: float = 3600.0) -> None:
 
 
 def finetune(cfg: FinetuneConfig, evaluate: bool = True) -> Path:
-    from a2v_het.train.checkpoint import checkpoint_root, latest_tag
-    from a2v_het.train.loop import eval_shards, pretrain
+    from a2v_het.train.loop import eval_shards, pretrain  # lazy: see resolve_config
 
     cfg = resolve_config(cfg)
     cfg.validate()
     run_dir = pretrain(cfg)
-    tag = latest_tag(run_dir)
-    finished = tag is not None and int(json.loads((checkpoint_root(run_dir) / tag / "COMPLETE").read_text())["step"]) \
-        >= cfg.train.max_steps
-    if evaluate and finished and _rank() == 0:
-        from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
-        from a2v_het.config import atomic_write_text
-
+    if evaluate and is_finished(run_dir, cfg.train.max_steps) and _rank() == 0:
         data_dir = cfg.data.shards
-        from a2v_het.data.manifest import read_manifest
-
         splits = read_manifest(data_dir).get("splits", {})
         val_dir = data_dir if cfg.finetune.val_split in splits else eval_shards(cfg)
         report = evaluate_checkpoint(run_dir, data_dir, split=cfg.finetune.test_split, val_split=cfg.finetune.val_split,
@@ -244,12 +182,10 @@ def finetune(cfg: FinetuneConfig, evaluate: bool = True) -> Path:
 
 
 def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
-    from a2v_het.config import load_config
-    from a2v_het.train.distributed import default_to_cpu_accelerator
+    from a2v_het.train.loop import shutdown_distributed  # lazy: see resolve_config
 
     default_to_cpu_accelerator()
     run_dir = finetune(load_config(FinetuneConfig, recipe, overrides))
-    from a2v_het.train.loop import shutdown_distributed
 
     shutdown_distributed()
     return run_dir
@@ -271,8 +207,6 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":
-    import argparse
-
     p = argparse.ArgumentParser(prog="a2v-het finetune")
     add_args(p)
     sys.exit(run(p.parse_args()))

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import submitit
 
+from a2v_het.runs import completed_step, is_finished
+
 
 class PretrainJob(submitit.helpers.Checkpointable):
     """The pickled job: a recipe, its overrides and the folder relative paths are resolved from."""
@@ -39,7 +41,6 @@ class PretrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         os.chdir(self.workdir)
         from a2v_het.train import preemption
-        from a2v_het.train.checkpoint import latest_tag
         from a2v_het.train.loop import main_from_cli
 
         from a2v_het.config import load_config
@@ -47,9 +48,9 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
         max_steps = load_config(PretrainConfig, self.recipe, self.overrides).train.max_steps
         run_dir = main_from_cli(self.recipe, self.overrides)  # on rank 0 a USR2 stop does not return (requeued)
-        tag = latest_tag(run_dir)  # every rank sees it: the checkpoint ends with a barrier after `latest` moved
-        step = int(tag.split("_")[-1]) if tag else 0
-        finished = step >= max_steps
+        # every rank sees it: the checkpoint ends with a barrier after `latest` moved
+        step = completed_step(run_dir) or 0
+        finished = is_finished(run_dir, max_steps)
         rank = int(os.environ.get("RANK", 0))  # exported by init_distributed
         if not finished and preemption.stop_signal() == signal.SIGUSR2 and rank != 0 and preemption.in_submitit_job():
             _wait_for_requeue(preemption)

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from a2v_het.config import ConfigError, config_to_dict, save_config
+from a2v_het.runs import checkpoint_root, latest_tag, load_weights
 from a2v_het.train import preemption
-from a2v_het.train.checkpoint import checkpoint_root, latest_tag, load_weights, save_checkpoint
+from a2v_het.train.checkpoint import save_checkpoint
 from a2v_het.train.config import PretrainConfig
 from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
@@ -216,8 +217,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg)
 
-    # A config may bring its own objective (FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective).
-    objective = (cfg.build_objective() if hasattr(cfg, "build_objective") else build_objective(cfg)).to(device)
+    objective = build_objective(cfg).to(device)  # FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective
     engine, optimizer = build_engine(cfg, objective, dist.world_size, precision, device)
     lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
 

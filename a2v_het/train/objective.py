@@ -7,7 +7,9 @@ from torch import Tensor, nn
 
 from a2v_het.data.augment import rate_augment
 from a2v_het.frontend import Frontend, build_frontend
-from a2v_het.train.config import PretrainConfig
+from a2v_het.model.data2vec import Data2VecModel
+from a2v_het.recipe import FinetuneConfig, PretrainConfig
+from a2v_het.train.finetune import build_finetune_objective
 
 
 class CoverageObjective(nn.Module):
@@ -56,11 +58,12 @@ def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_objective(cfg: PretrainConfig) -> nn.Module:
+    """The loop's objective for ``cfg``: the fine-tune detector for a FinetuneConfig, else ``train.objective``."""
+    if isinstance(cfg, FinetuneConfig):
+        return build_finetune_objective(cfg)
     frontend = build_frontend(cfg.frontend)
     if cfg.train.objective == "coverage":
         return CoverageObjective(frontend, cfg.model.lambda_energy, cfg.model.lambda_surprise)
-    from a2v_het.model.data2vec import Data2VecModel
-
     return Data2VecModel(cfg.model, frontend)
 
 
