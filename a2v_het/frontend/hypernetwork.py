@@ -33,6 +33,10 @@ N_EVIDENCE = 2  # log capturable residual statistic, covered so far
 EVIDENCE_UNIT = 0.01
 """Call evidence (nats, a mean over frames) is read as log1p(E / EVIDENCE_UNIT): a bin whose level rises 1 nat
 above the margin for 1 % of the clip reads log 2."""
+EVIDENCE_FLOOR = 1e-4
+"""Call evidence (nats) added to every valid bin of the greedy residual (see BandPicker.forward)."""
+EVIDENCE_FLOOR_P = 1e-7
+"""The same floor for a statistic normalised to sum 1 over the valid bins (picker_inputs=global or power_variance)."""
 LOCAL_POWER_HZ = 1000.0
 """``local`` inputs: log mean power is read against its mean over +-this many Hz of valid bins."""
 
@@ -99,6 +103,8 @@ class BandPicker(nn.Module):
             nn.init.zeros_(self.head_out.weight)
             nn.init.zeros_(self.head_out.bias)
         self.local_half_bins = max(1, int(round(LOCAL_POWER_HZ / grid_hz)))
+        # The evidence is counted in its own units (nats, comparable across clips and rates) or as p(f).
+        self.level_free = cfg.coverage_statistic == "call_evidence" and cfg.picker_inputs == "local"
 
     def features(self, statistic: Tensor, mean_power: Tensor, freq_valid: Tensor, start_valid: Tensor
                  ) -> tuple[Tensor, Tensor]:
@@ -108,7 +114,7 @@ class BandPicker(nn.Module):
         total = (statistic * fv).sum(-1, keepdim=True)
         p = torch.where(total > 0, statistic * fv / total.clamp(min=torch.finfo(torch.float32).tiny),
                         torch.zeros_like(statistic))
-        level_free = cfg.coverage_statistic == "call_evidence" and cfg.picker_inputs == "local"
+        level_free = self.level_free
         counted = statistic * fv if level_free else p
         if cfg.picker_inputs == "local":
             log_mean = torch.log(mean_power + (mean_power * fv).amax(-1, keepdim=True) * 1e-10 + 1e-30)
@@ -146,7 +152,11 @@ class BandPicker(nn.Module):
 
         h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
         w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
-        residual = counted
+        # A faint floor of evidence on every valid bin: once the calls are all captured, the remaining bands spread
+        # over the spectrum not yet covered instead of stacking on one start (ties of an all-zero residual), so no
+        # band is wasted. It is far below any call (a call bin holds >= 1e-2 nats).
+        floor = EVIDENCE_FLOOR if self.level_free else EVIDENCE_FLOOR_P
+        residual = counted + floor * freq_valid.float()
         covered = torch.zeros_like(mean_power)
         w = self.window_bins
         offsets = torch.arange(2 * w + 1, device=mean_power.device)
