@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from a2v_het.atomic import atomic_write_text
+from a2v_het.atomic import atomic_path, atomic_write_text
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -93,9 +93,8 @@ def prune(root: Path, keep_last: int) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
                             ) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_weights(path: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -21,7 +21,6 @@ import re
 import shlex
 import sys
 import tarfile
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Mapping, Sequence
@@ -30,6 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from a2v_het import __version__
+from a2v_het.atomic import atomic_write_bytes, create_temp
 from a2v_het.data.manifest import FORMAT, MANIFEST_NAME, SPLITS, ManifestError, read_manifest, sha256_file
 
 __all__ = [
@@ -201,36 +201,6 @@ def build_sample_json(wave_len: int, sample_rate: int, fields: Mapping[str, Any]
     }
 
 
-def _create_temp(folder: Path, final_name: str) -> tuple[Path, IO[bytes]]:
-    """A new hidden ``.{final_name}.<random>.tmp`` in ``folder``, opened for writing.
-
-    Plain ``open(..., "xb")`` (exclusive create) rather than ``tempfile.mkstemp``: the file gets the usual umask
-    permissions, where mkstemp would make every shard private (0600) to the user who wrote it.
-    """
-    for _ in range(100):
-        tmp = folder / f".{final_name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return tmp, open(tmp, "xb")
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file for {final_name} in {folder}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, sync, then rename: readers never see half a file."""
-    path = Path(path)
-    tmp, fh = _create_temp(path.parent, path.name)
-    try:
-        with fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mtime, info.mode = len(data), _MTIME, _MODE
@@ -308,7 +278,7 @@ class ShardFile:
         self.stats = ShardStats(name=final_name, split=split)
         self._labels: set[str] = set()
         self._keys: set[str] = set()
-        self.tmp, self._fileobj = _create_temp(Path(folder), final_name)
+        self.tmp, self._fileobj = create_temp(Path(folder), final_name)
         self._tar: tarfile.TarFile | None = tarfile.open(fileobj=self._fileobj, mode="w", format=tarfile.PAX_FORMAT)
 
     def __enter__(self) -> ShardFile:

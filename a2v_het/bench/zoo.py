@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from a2v_het.atomic import atomic_path, atomic_write_text
+
 FRONTENDS = ("heterodyne", "conv", "logmel", "logmel_patch", "sincnet", "gabor_strf", "aape")
 SEEN_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 UNSEEN_RATES = (6000, 12000, 18000, 24000, 38000, 64000, 96000)
@@ -187,8 +189,6 @@ def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
 
     def save_state() -> None:
-        from a2v_het.atomic import atomic_write_text
-
         atomic_write_text(state_path, json.dumps(state, indent=2) + "\n")
 
     names = [n for n in args.frontends.split(",") if n]
@@ -247,8 +247,6 @@ def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
     report = {"frontends": names, "scratch": scratch, "settings": {k: v for k, v in vars(args).items()
                                                                     if k not in ("func", "bench_run")},
               "seen_rates": SEEN_RATES, "unseen_rates": UNSEEN_RATES, "results": results}
-    from a2v_het.atomic import atomic_write_text
-
     atomic_write_text(out / "zoo.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "zoo.md", format_tables(report) + "\n")
     plot_curves(report, out / "pretrain_loss.png")
@@ -306,10 +304,9 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     ax.set_title("pretraining loss, same encoder and budget")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from a2v_het.config import atomic_write_text
+from a2v_het.atomic import atomic_copy, atomic_write_text
 from a2v_het.runs import checkpoint_root, latest_tag
 
 
@@ -19,9 +18,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "teacher.safetensors"):
         if (src / name).is_file():
-            tmp = out / f".{name}.tmp"
-            shutil.copyfile(src / name, tmp)
-            tmp.replace(out / name)
+            atomic_copy(src / name, out / name)
     atomic_write_text(out / "config.yaml", (run_dir / "config.yaml").read_text())
     atomic_write_text(out / "export.json", json.dumps({"run_dir": str(run_dir.resolve()), "tag": tag}, indent=2) + "\n")
     return out

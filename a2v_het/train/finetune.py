@@ -23,7 +23,8 @@ import torch
 import yaml
 from torch import Tensor
 
-from a2v_het.config import ConfigError, atomic_write_text, config_from_dict, load_config
+from a2v_het.atomic import atomic_write_text
+from a2v_het.config import ConfigError, config_from_dict, load_config
 from a2v_het.data.manifest import read_manifest
 from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval.evaluate import evaluate_checkpoint, format_report

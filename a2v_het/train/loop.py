@@ -9,6 +9,8 @@ agree on at the next step; they then save together and exit.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import random
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from a2v_het.atomic import atomic_write_text
 from a2v_het.config import ConfigError, config_to_dict, save_config
 from a2v_het.runs import checkpoint_root, latest_tag, load_weights
 from a2v_het.train import preemption
@@ -59,8 +62,6 @@ def eval_shards(cfg: PretrainConfig) -> str:
     train_dir = Path(cfg.data.shards)
     manifest = train_dir / "manifest.json"
     if manifest.is_file():
-        import json
-
         if cfg.data.eval_split in json.loads(manifest.read_text()).get("splits", {}):
             return str(train_dir)
     return str(train_dir) + "-eval"
@@ -385,9 +386,6 @@ def _agree(flag: bool, device: torch.device) -> bool:
 
 def _record_rank_sync(objective, run_dir: Path, dist: DistEnv) -> None:
     """Every rank hashes its weights; rank 0 writes them to rank_sync.json (they must all be equal)."""
-    import hashlib
-    import json
-
     digest = hashlib.sha256()
     for name, p in sorted(objective.state_dict().items()):
         digest.update(name.encode())
@@ -397,8 +395,6 @@ def _record_rank_sync(objective, run_dir: Path, dist: DistEnv) -> None:
         digests = [None] * dist.world_size
         torch.distributed.all_gather_object(digests, digest.hexdigest())
     if dist.is_main:
-        from a2v_het.config import atomic_write_text
-
         atomic_write_text(run_dir / "rank_sync.json", json.dumps({"param_sha256_by_rank": digests}, indent=2) + "\n")
         if len(set(digests)) != 1:
             raise RuntimeError(f"ranks diverged: parameter hashes {digests}")
@@ -435,9 +431,7 @@ def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, l
     for name, path in report.get("plots", {}).items():
         logger.log_image(step, f"eval/{name}", Path(path))
     if final:
-        from a2v_het.config import atomic_write_text
         from a2v_het.eval.coverage import format_table
-        import json
 
         atomic_write_text(run_dir / "coverage.json", json.dumps(report, indent=2) + "\n")
         atomic_write_text(run_dir / "coverage.md", format_table(report) + "\n")
