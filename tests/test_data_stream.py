@@ -346,7 +346,9 @@ def test_znorm_uses_valid_samples_only_and_survives_silence():
     assert torch.isfinite(out).all()
     assert out[0, :600].mean().abs() < 1e-5 and (out[0, :600].std(unbiased=False) - 1).abs() < 1e-4
     assert torch.all(out[0, 600:] == 0) and torch.all(out[1] == 0)  # padding and a silent clip stay zero
-    assert (out[2].std(unbiased=False) - 1).abs() < 1e-4
+    # eps is added to the variance (the model's z-norm, a noise floor): a quiet clip comes out a little below 1
+    v = wave[2].var(unbiased=False)
+    assert (out[2].var(unbiased=False) - v / (v + 1e-5)).abs() < 1e-4
 
 
 def test_crop_retimes_and_clips_events():

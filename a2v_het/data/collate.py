@@ -76,23 +76,23 @@ def _padded(waves: Sequence[np.ndarray], width: int) -> Tensor:
     return batch
 
 
-def znorm(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per-clip zero-mean, unit-variance normalisation over the valid samples only (animal2vec style).
+def normalize_wave(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
+    """The one per-clip z-norm: zero mean and unit variance over the valid samples; padding stays 0.
+    (B, T) -> (B, T) fp32. The model applies it before the frontend (``model.z_normalize``).
 
-    Args:
-        wave: (B, T) float, zero-padded after ``lengths``.
-        lengths: (B,) int, valid samples per row.
-        eps: floor of the standard deviation, so silent (or empty) clips come out as zeros instead of NaN.
-    Returns: (B, T) float, same dtype; padding stays exactly zero so it cannot leak into the frontend.
+    ``eps`` is added to the variance (as in data2vec's ``F.layer_norm`` of the wave) and acts as a noise floor:
+    silence stays 0 instead of NaN, and a near-silent clip (variance << eps) is not blown up to unit variance.
     """
     if wave.dim() != 2:
         raise ValueError(f"wave must be (B, T), got shape {tuple(wave.shape)}")
-    lengths = torch.as_tensor(lengths, device=wave.device).long().reshape(-1)
-    valid = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
-    # Statistics in fp64: a 96 kHz clip has ~10^6 samples, enough for fp32 sums of squares to lose digits.
-    x = wave.double() * valid
-    count = lengths.clamp(min=1).double()[:, None]
-    mean = x.sum(dim=1, keepdim=True) / count
-    var = ((x - mean) * valid).pow(2).sum(dim=1, keepdim=True) / count
-    out = (x - mean) / var.sqrt().clamp(min=eps)
-    return (out * valid).to(wave.dtype)
+    with torch.autocast(device_type=wave.device.type, enabled=False):
+        t = wave.shape[1]
+        valid = (torch.arange(t, device=wave.device)[None, :] < lengths[:, None]).float()
+        x = wave.float() * valid
+        count = valid.sum(1, keepdim=True).clamp_min(1.0)
+        mean = x.sum(1, keepdim=True) / count
+        var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
+        return (x - mean) * torch.rsqrt(var + eps) * valid
+
+
+znorm = normalize_wave  # the name a2v_het.data exported first

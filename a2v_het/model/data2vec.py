@@ -26,33 +26,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from a2v_het.data.collate import normalize_wave  # noqa: F401  (re-exported)
 from a2v_het.frontend.base import Frontend, FrontendOutput
 from a2v_het.model.config import ModelConfig
 from a2v_het.model.decoder import Decoder
 from a2v_het.model.ema import EMATeacher, ema_decay_at
 from a2v_het.model.encoder import Encoder
 from a2v_het.model.masking import compute_mask, restore, visible_positions
+from a2v_het.model.param_groups import weight_decay_groups
 from a2v_het.model.targets import build_targets
 
 
 class TrainingCollapsed(RuntimeError):
     """The targets or the predictions lost their variance: the student-teacher pair has collapsed."""
-
-
-def normalize_wave(wave: Tensor, lengths: Tensor, eps: float = 1e-5) -> Tensor:
-    """Per clip, zero mean and unit variance over the valid samples; padding stays 0. (B, T) -> (B, T) fp32.
-
-    ``eps`` (as in data2vec's ``F.layer_norm`` of the wave) acts as a noise floor: silence stays 0 instead of NaN,
-    and a near-silent clip (variance << eps) is not blown up to unit variance.
-    """
-    with torch.autocast(device_type=wave.device.type, enabled=False):
-        t = wave.shape[1]
-        valid = (torch.arange(t, device=wave.device)[None, :] < lengths[:, None]).float()
-        x = wave.float() * valid
-        count = valid.sum(1, keepdim=True).clamp_min(1.0)
-        mean = x.sum(1, keepdim=True) / count
-        var = ((x - mean).square() * valid).sum(1, keepdim=True) / count
-        return (x - mean) * torch.rsqrt(var + eps) * valid
 
 
 def _weighted_channel_variance(x: Tensor, weight: Tensor) -> Tensor:
@@ -285,9 +271,4 @@ class Data2VecModel(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups: weight decay on matrices / conv kernels only; none on 1-D parameters (biases, norms,
         ALiBi scales, the mask embedding). Frozen parameters are left out; the teacher is never included."""
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if p.requires_grad:
-                (decay if p.dim() >= 2 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+        return weight_decay_groups(self.parameters(), weight_decay)

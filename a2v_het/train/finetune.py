@@ -30,6 +30,7 @@ from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
 from a2v_het.model.mixup import bc_mixup
+from a2v_het.model.param_groups import weight_decay_groups
 from a2v_het.recipe import FinetuneConfig, FinetuneSection, PretrainConfig  # noqa: F401  (re-exported)
 from a2v_het.runs import is_finished
 from a2v_het.train.distributed import default_to_cpu_accelerator, dist_env_from
@@ -71,12 +72,8 @@ class FinetuneObjective(CallDetector):
         return 0.0 if group.get("name") == "backbone" and step < self.ft.warmup_classifier_steps else 1.0
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        groups = []
-        for name, params in (("backbone", self.backbone_parameters()), ("head", list(self.head.parameters()))):
-            params = [p for p in params if p.requires_grad]
-            groups.append({"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay, "name": name})
-            groups.append({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": name})
-        return [g for g in groups if g["params"]]
+        return (weight_decay_groups(self.backbone_parameters(), weight_decay, name="backbone")
+                + weight_decay_groups(self.head.parameters(), weight_decay, name="head"))
 
     def ema_step(self, step: int) -> float:
         return 0.0

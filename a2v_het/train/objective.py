@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from a2v_het.data.augment import rate_augment
 from a2v_het.frontend import Frontend, build_frontend
 from a2v_het.model.data2vec import Data2VecModel
+from a2v_het.model.param_groups import weight_decay_groups
 from a2v_het.recipe import FinetuneConfig, PretrainConfig
 from a2v_het.train.finetune import build_finetune_objective
 
@@ -39,22 +40,13 @@ class CoverageObjective(nn.Module):
         return loss, logs
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        return _param_groups(self, weight_decay)
+        return weight_decay_groups(self.parameters(), weight_decay)
 
     def ema_step(self, step: int) -> float:
         return 0.0  # no teacher
 
     def check_collapse(self, logs: dict, step: int) -> None:
         return None
-
-
-def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters (biases, norms, scales)."""
-    decay, no_decay = [], []
-    for p in module.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_objective(cfg: PretrainConfig) -> nn.Module:
