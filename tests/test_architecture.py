@@ -1,0 +1,137 @@
+"""The import rules of docs/architecture.md: every module of a2v_het/ and data_tools/ imports only the packages its
+row of the table allows (top-level and lazy imports alike), so the package graph has no cycles and nothing imports
+upward. An exception is listed below with its reason; remove it when the import goes."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = {"a2v_het", "a2v_het.atomic", "a2v_het.config"}
+
+# unit -> the units it may import (besides itself). A unit is a subpackage (a2v_het.frontend), a top-level module
+# (a2v_het.runs) or the data_tools package. Keep in step with docs/architecture.md.
+ALLOWED: dict[str, set[str]] = {
+    "a2v_het": set(),
+    "a2v_het.atomic": set(),
+    "a2v_het.config": {"a2v_het.atomic"},
+    "a2v_het.runs": CORE,
+    "a2v_het.data": CORE,
+    "data_tools": CORE | {"a2v_het.data"},
+    "a2v_het.frontend": CORE | {"a2v_het.data"},
+    "a2v_het.model": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend"},
+    "a2v_het.recipe": CORE | {"a2v_het.frontend", "a2v_het.model"},
+    "a2v_het.eval": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe"},
+    "a2v_het.train": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe",
+                             "a2v_het.eval"},
+    "a2v_het.bench": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe",
+                             "a2v_het.eval", "a2v_het.train", "data_tools"},
+    "a2v_het.cli": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe",
+                           "a2v_het.eval", "a2v_het.train", "a2v_het.bench", "data_tools"},
+}
+
+# (importing module, imported module) -> why it is still there.
+EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("a2v_het.train.loop", "data_tools.synth"):
+        "data.synthesize_if_missing writes the synthetic shards from inside the loop (the one-command smoke run); "
+        "issue 14: a data_tools step the CLI runs before the loop",
+    ("a2v_het.eval.probe", "data_tools.synth"):
+        "the probe's synthetic call-type label set draws its clips with synth_clip; belongs in data_tools or bench",
+}
+
+
+def _modules():
+    for top in ("a2v_het", "data_tools"):
+        for path in sorted((ROOT / top).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            yield ".".join(parts), path
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "data_tools":
+        return "data_tools"
+    if parts[0] != "a2v_het":
+        return None
+    return "a2v_het" if len(parts) == 1 else f"a2v_het.{parts[1]}"
+
+
+def _is_submodule(name: str) -> bool:
+    base = ROOT.joinpath(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _imports(module: str, path: Path):
+    """(line, imported module) for every import of a2v_het / data_tools in the file, at any depth."""
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                base = base[: len(base) - node.level + (1 if is_pkg else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                yield node.lineno, sub if _is_submodule(sub) else target
+
+
+def _graph():
+    edges = []
+    for module, path in _modules():
+        src = _unit(module)
+        for line, target in _imports(module, path):
+            dst = _unit(target)
+            if dst is not None and dst != src:
+                edges.append((module, path, line, src, target, dst))
+    return edges
+
+
+def test_every_unit_has_a_row():
+    units = {_unit(m) for m, _ in _modules()}
+    assert units <= ALLOWED.keys(), f"add a row to ALLOWED and docs/architecture.md for {units - ALLOWED.keys()}"
+
+
+def test_the_allowed_graph_has_no_cycles():
+    state: dict[str, int] = {}
+
+    def visit(u, trail):
+        if state.get(u) == 1:
+            pytest.fail(f"cycle in ALLOWED: {' -> '.join(trail + [u])}")
+        if state.get(u) == 2:
+            return
+        state[u] = 1
+        for v in ALLOWED[u]:
+            visit(v, trail + [u])
+        state[u] = 2
+
+    for u in ALLOWED:
+        visit(u, [])
+
+
+def test_no_upward_imports():
+    bad = [f"{path.relative_to(ROOT)}:{line}: {module} imports {target} ({src} may not import {dst})"
+           for module, path, line, src, target, dst in _graph()
+           if dst not in ALLOWED.get(src, set()) and (module, target) not in EXCEPTIONS]
+    assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
+
+
+def test_every_listed_exception_still_exists():
+    seen = {(module, target) for module, _, _, _, target, _ in _graph()}
+    gone = [pair for pair in EXCEPTIONS if pair not in seen]
+    assert not gone, f"remove these from EXCEPTIONS (the import is gone): {gone}"
+
+
+def test_the_checker_sees_an_upward_import(tmp_path):
+    """The walk finds lazy and relative imports too (an import inside a function is still a dependency)."""
+    probe = tmp_path / "m.py"
+    probe.write_text("def f():\n    from a2v_het.train.loop import pretrain\n    from .. import model\n")
+    found = [t for _, t in _imports("a2v_het.eval.m", probe)]
+    assert "a2v_het.train.loop" in found and "a2v_het.model" in found
