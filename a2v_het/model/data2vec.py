@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from a2v_het.data.collate import normalize_wave  # noqa: F401  (re-exported)
 from a2v_het.frontend.base import Frontend, FrontendOutput
+from a2v_het.frontend.heterodyne_frontend import HeterodyneFrontend
 from a2v_het.model.config import ModelConfig
 from a2v_het.model.decoder import Decoder
 from a2v_het.model.ema import EMATeacher, ema_decay_at
@@ -267,6 +268,20 @@ class Data2VecModel(nn.Module):
         tokens, padding_mask, _ = self._tokens(wave, sample_rate, lengths)
         final, layers = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask)
         return final, layers, padding_mask
+
+    # ---- the training loop's contract (a2v_het.train.objective.Objective); also ema_step, check_collapse,
+    # teacher_state_dict, load_teacher_state_dict and param_groups
+    has_teacher = True
+
+    @property
+    def coverage_frontend(self) -> Frontend | None:
+        return self.frontend if isinstance(self.frontend, HeterodyneFrontend) else None
+
+    def batch_inputs(self, batch: dict, device: torch.device) -> dict:
+        return {}  # the waves, rates and lengths are all it reads
+
+    def lr_scale(self, group: dict, step: int) -> float:
+        return 1.0  # one schedule for every group
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Optimizer groups: weight decay on matrices / conv kernels only; none on 1-D parameters (biases, norms,

@@ -28,6 +28,8 @@ from a2v_het.config import ConfigError, config_from_dict, load_config
 from a2v_het.data.manifest import read_manifest
 from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
+from a2v_het.frontend import Frontend
+from a2v_het.frontend.heterodyne_frontend import HeterodyneFrontend
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
 from a2v_het.model.mixup import bc_mixup
 from a2v_het.model.param_groups import weight_decay_groups
@@ -64,7 +66,13 @@ class FinetuneObjective(CallDetector):
         self.classes = list(f.classes)
         self.ft = f
 
-    # ---- loop hooks
+    # ---- the loop's contract (a2v_het.train.objective.Objective)
+    has_teacher = False
+
+    @property
+    def coverage_frontend(self) -> Frontend | None:
+        return self.frontend if isinstance(self.frontend, HeterodyneFrontend) else None
+
     def batch_inputs(self, batch: dict, device: torch.device) -> dict:
         return {"events": batch["events"], "labelled": batch["labelled"]}
 
@@ -76,10 +84,16 @@ class FinetuneObjective(CallDetector):
                 + weight_decay_groups(self.head.parameters(), weight_decay, name="head"))
 
     def ema_step(self, step: int) -> float:
-        return 0.0
+        return 0.0  # no teacher
 
     def check_collapse(self, logs: dict, step: int) -> None:
-        return None
+        return None  # supervised: no student-teacher pair to collapse
+
+    def teacher_state_dict(self) -> dict[str, Tensor]:
+        raise TypeError("the fine-tune objective has no teacher")
+
+    def load_teacher_state_dict(self, state: dict[str, Tensor]) -> None:
+        raise TypeError("the fine-tune objective has no teacher")
 
     # ---- loss
     def frame_targets(self, events: list, n_frames: int, device: torch.device) -> Tensor:

@@ -26,7 +26,7 @@ from a2v_het.train.checkpoint import save_checkpoint
 from a2v_het.train.config import PretrainConfig
 from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
-from a2v_het.train.objective import build_objective, has_teacher
+from a2v_het.train.objective import Objective, build_objective
 from a2v_het.train.schedule import cosine_with_warmup
 
 # DeepSpeed skips an optimizer step whose gradient norm is not finite (ZeRO-1/2). A few skips are survivable; this
@@ -218,7 +218,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
     device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu")
     precision = resolve_precision(cfg)
 
-    objective = build_objective(cfg).to(device)  # FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective
+    objective: Objective = build_objective(cfg).to(device)  # FinetuneConfig -> a2v_het.train.finetune.FinetuneObjective
     engine, optimizer = build_engine(cfg, objective, dist.world_size, precision, device)
     lr_at = cosine_with_warmup(cfg.train.max_steps, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.final_lr_ratio)
 
@@ -232,7 +232,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                                            load_optimizer_states=not weights_only, load_module_only=weights_only)
         step, micro = int(client["step"]), int(client["micro_step"])
         run_id, resumes = client.get("wandb_run_id"), int(client.get("resumes", 0)) + 1
-        if has_teacher(objective):
+        if objective.has_teacher:
             objective.load_teacher_state_dict(load_weights(checkpoint_root(run_dir) / tag / "teacher.safetensors"))
         _set_rng_state(client["rng"][dist.rank] if dist.rank < len(client["rng"]) else client["rng"][0])
         if dist.is_main:
@@ -253,7 +253,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
         client = {"step": step, "micro_step": micro, "wandb_run_id": logger.run_id, "resumes": resumes,
                   "rng": _gather_rng(dist)}
         extra = None
-        if has_teacher(objective):
+        if objective.has_teacher:
             extra = {"teacher": {k: v.detach().cpu().contiguous() for k, v in objective.teacher_state_dict().items()}}
         save_checkpoint(engine, objective, run_dir, step, client, cfg.train.keep_last, dist.is_main, extra)
 
@@ -280,14 +280,13 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 from a2v_het.model.mixup import bc_mixup
 
                 wave, lengths, _, _ = bc_mixup(wave, lengths, rates, None)
-            extra = objective.batch_inputs(batch, device) if hasattr(objective, "batch_inputs") else {}
+            extra = objective.batch_inputs(batch, device)
             loss, logs = engine(wave, rates, lengths, step, **extra)  # bf16 autocast inside (build_engine)
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             if boundary:
                 for group in optimizer.param_groups:
-                    scale = objective.lr_scale(group, step) if hasattr(objective, "lr_scale") else 1.0
-                    group["lr"] = float(lr_at[min(step, len(lr_at) - 1)]) * scale
+                    group["lr"] = float(lr_at[min(step, len(lr_at) - 1)]) * objective.lr_scale(group, step)
             engine.step()
             micro += 1
 
@@ -332,7 +331,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
                 t_log, audio_s, sums, n_sums = time.time(), 0.0, {}, 0
 
             if applied and dist.is_main and cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device)
+                evaluate_and_plot(objective.coverage_frontend, cfg, run_dir, step, logger, device)
 
             out_of_time = cfg.train.max_time_s > 0 and time.time() - t_start > cfg.train.max_time_s
             sliced = cfg.train.stop_after_steps > 0 and step - start_step >= cfg.train.stop_after_steps
@@ -357,7 +356,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
 
     _record_rank_sync(objective, run_dir, dist)
     if dist.is_main and cfg.train.eval_every:
-        evaluate_and_plot(objective.frontend, cfg, run_dir, step, logger, device, final=True)
+        evaluate_and_plot(objective.coverage_frontend, cfg, run_dir, step, logger, device, final=True)
     logger.close()
     return run_dir
 
@@ -411,8 +410,9 @@ def _gather_rng(dist: DistEnv) -> list:
 
 def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, logger: MetricsLogger,
                       device: torch.device, final: bool = False) -> None:
-    """Coverage table on the eval split and a PNG of the chosen bands over spectrograms (rank 0)."""
-    if cfg.frontend.name != "heterodyne":
+    """Coverage table on the eval split and a PNG of the chosen bands over spectrograms (rank 0); ``frontend`` is
+    the objective's ``coverage_frontend`` (None: nothing to report)."""
+    if frontend is None:
         return
     from a2v_het.eval.coverage import coverage_report
 
