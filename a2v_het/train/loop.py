@@ -19,12 +19,15 @@ import numpy as np
 import torch
 
 from a2v_het.atomic import atomic_write_text
-from a2v_het.config import ConfigError, config_to_dict, save_config
+from a2v_het.config import ConfigError, config_to_dict, load_config, save_config
+from a2v_het.data.stream import make_train_loader
+from a2v_het.eval.coverage import coverage_report, format_table
+from a2v_het.model.mixup import bc_mixup
 from a2v_het.runs import checkpoint_root, latest_tag, load_weights
 from a2v_het.train import preemption
 from a2v_het.train.checkpoint import save_checkpoint
 from a2v_het.train.config import PretrainConfig
-from a2v_het.train.distributed import DistEnv, dist_env_from, init_distributed
+from a2v_het.train.distributed import DistEnv, default_to_cpu_accelerator, dist_env_from, init_distributed
 from a2v_het.train.logger import MetricsLogger
 from a2v_het.train.objective import Objective, build_objective
 from a2v_het.train.schedule import cosine_with_warmup
@@ -39,6 +42,7 @@ def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:
     data = cfg.data
     train_dir, eval_dir = Path(data.shards), Path(eval_shards(cfg))
     if is_main and data.synthesize_if_missing:
+        # lazy: only recipes that synthesise their data import data_tools (a listed exception of docs/architecture.md)
         from data_tools.synth import write_synth_shards
 
         if not (train_dir / "manifest.json").is_file():
@@ -239,8 +243,6 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             print(f"[a2v-het] resumed from {tag} (step {step})", flush=True)
 
     logger = MetricsLogger(run_dir, cfg.logging, config_to_dict(cfg), run_id, enabled=dist.is_main)
-    from a2v_het.data.stream import make_train_loader
-
     def epoch_loader(epoch: int):
         # One loader per epoch, seeded by the epoch: a resumed run rebuilds the same epoch and skips the batches it
         # already consumed (at most one epoch of decoding), so the data stream continues exactly.
@@ -277,8 +279,6 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
             rates = batch["sample_rate"].to(device, non_blocking=True)
             lengths = batch["lengths"].to(device, non_blocking=True)
             if cfg.data.bc_mixup:
-                from a2v_het.model.mixup import bc_mixup
-
                 wave, lengths, _, _ = bc_mixup(wave, lengths, rates, None)
             extra = objective.batch_inputs(batch, device)
             loss, logs = engine(wave, rates, lengths, step, **extra)  # bf16 autocast inside (build_engine)
@@ -363,6 +363,7 @@ def pretrain(cfg: PretrainConfig, dist: DistEnv | None = None) -> Path:
 
 def _deepspeed_safe_globals() -> list:
     """The few plain DeepSpeed classes its ZeRO optimizer states pickle (loss-scaler settings, stage enum)."""
+    # lazy: DeepSpeed is imported only after DS_ACCELERATOR is decided (see build_engine)
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -414,8 +415,6 @@ def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, l
     the objective's ``coverage_frontend`` (None: nothing to report)."""
     if frontend is None:
         return
-    from a2v_het.eval.coverage import coverage_report
-
     eval_dir = eval_shards(cfg)
     if not (Path(eval_dir) / "manifest.json").is_file():
         return
@@ -431,18 +430,12 @@ def evaluate_and_plot(frontend, cfg: PretrainConfig, run_dir: Path, step: int, l
     for name, path in report.get("plots", {}).items():
         logger.log_image(step, f"eval/{name}", Path(path))
     if final:
-        from a2v_het.eval.coverage import format_table
-
         atomic_write_text(run_dir / "coverage.json", json.dumps(report, indent=2) + "\n")
         atomic_write_text(run_dir / "coverage.md", format_table(report) + "\n")
         print(format_table(report), flush=True)
 
 
 def main_from_cli(recipe: str | None, overrides: list[str]) -> Path:
-    from a2v_het.config import load_config
-
-    from a2v_het.train.distributed import default_to_cpu_accelerator
-
     default_to_cpu_accelerator()
     cfg = load_config(PretrainConfig, recipe, overrides)
     run_dir = pretrain(cfg)
