@@ -17,6 +17,7 @@ _EXPORTS = {
     "CorruptSampleError": "a2v_het.data.audio",
     "decode_flac": "a2v_het.data.audio",
     "collate_audio": "a2v_het.data.collate",
+    "normalize_wave": "a2v_het.data.collate",
     "znorm": "a2v_het.data.collate",
     "make_eval_loader": "a2v_het.data.stream",
     "make_train_loader": "a2v_het.data.stream",
