@@ -53,10 +53,11 @@ class HeterodyneConfig:
     """greedy: the head's output layer starts at zero, so the untrained picker is exactly the greedy "most
     uncaptured evidence" picker and training learns corrections to it. random: the default PyTorch init (the
     ablation)."""
-    rate_augment_prob: float = 0.5
+    rate_augment_prob: float = 0.0
     """Coverage training: the chance that a training clip is re-sampled to a higher rate (up to max_sample_rate) with
-    its content shifted up, so the picker learns on spectra as wide and high as the unseen rates' (a2v_het/data/
-    augment.py). 0 = off."""
+    its content shifted up (a2v_het/data/augment.py). Off by default: measured on field and field_hard at unseen
+    rates it lowered coverage (BENCHMARKS.md, three seeds); the per-bin inputs already make the picker see the same
+    thing at every rate."""
     picker_channels: int = 16
     picker_layers: int = 5
     picker_kernel: int = 5
