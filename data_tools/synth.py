@@ -140,19 +140,24 @@ def synth_sweep(rng: np.random.Generator, sample_rate: int, n: int, up: bool) ->
     return Call("up_sweep" if up else "down_sweep", _unit_rms(x), f_low - margin, f_low + span + margin)
 
 
-def synth_harmonic(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
-    """2-4 harmonics of a contoured f0 (sinusoidal vibrato or linear glide of 1-5 %), amplitudes r^(k-1), r < 1."""
+def _harmonic_stack(rng: np.random.Generator, sample_rate: int, n: int, harmonics: tuple[int, int],
+                    f0_hz: tuple[float, float], ratio: tuple[float, float], fall_back: bool) -> Call:
+    """Harmonics [harmonics[0], harmonics[1]) of a contoured f0 in f0_hz (sinusoidal vibrato or linear glide of
+    1-5 %), amplitudes r^(k-1) with r in ``ratio``. Fewer harmonics at low rates, down to 2; if even 2 do not fit,
+    the field preset's stack (``fall_back``) or a ValueError."""
     lo, hi = call_band_limits(sample_rate)
     duration = n / sample_rate
     margin = _tonal_margin_hz(duration)
     depth = rng.uniform(0.01, 0.05)
-    n_harm = int(rng.integers(2, 5))
-    base_lo = max(300.0, (lo + margin) / (1 - depth))
-    base_hi = min(1500.0, (hi - margin) / (n_harm * (1 + depth)))
+    n_harm = int(rng.integers(*harmonics))
+    base_lo = max(f0_hz[0], (lo + margin) / (1 - depth))
+    base_hi = min(f0_hz[1], (hi - margin) / (n_harm * (1 + depth)))
     while base_hi < base_lo and n_harm > 2:  # low sample rates: fewer harmonics fit below 0.9 * Nyquist
         n_harm -= 1
-        base_hi = min(1500.0, (hi - margin) / (n_harm * (1 + depth)))
+        base_hi = min(f0_hz[1], (hi - margin) / (n_harm * (1 + depth)))
     if base_hi < base_lo:
+        if fall_back:
+            return synth_harmonic(rng, sample_rate, n)
         raise ValueError(f"no harmonic stack fits below {hi:g} Hz at {sample_rate} Hz")
     base = _log_uniform(rng, base_lo, base_hi)
     t = np.arange(n) / sample_rate
@@ -162,39 +167,21 @@ def synth_harmonic(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
         contour = depth * rng.choice([-1.0, 1.0]) * (2 * t / duration - 1)
     f0 = base * (1 + contour)
     phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    ratio = rng.uniform(0.4, 0.8)
-    x = sum(ratio**k * np.sin((k + 1) * phase + rng.uniform(0, 2 * np.pi)) for k in range(n_harm))
+    r = rng.uniform(*ratio)
+    x = sum(r**k * np.sin((k + 1) * phase + rng.uniform(0, 2 * np.pi)) for k in range(n_harm))
     x = x * _envelope(rng, n)
     return Call("harmonic", _unit_rms(x), float(f0.min()) - margin, n_harm * float(f0.max()) + margin)
+
+
+def synth_harmonic(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
+    """2-4 harmonics of a contoured f0 of 300-1500 Hz (vibrato or glide of 1-5 %), amplitudes r^(k-1), r < 1."""
+    return _harmonic_stack(rng, sample_rate, n, (2, 5), (300.0, 1500.0), (0.4, 0.8), fall_back=False)
 
 
 def synth_harmonic_stack(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
-    """field_hard: 3-6 harmonics of an f0 of 500-3000 Hz (vibrato or glide of 1-5 %): one call spread over several
-    bands (a 2 kHz f0 with 5 harmonics spans 2-10 kHz). Fewer harmonics at low rates, down to 2."""
-    lo, hi = call_band_limits(sample_rate)
-    duration = n / sample_rate
-    margin = _tonal_margin_hz(duration)
-    depth = rng.uniform(0.01, 0.05)
-    n_harm = int(rng.integers(3, 7))
-    base_lo = max(500.0, (lo + margin) / (1 - depth))
-    base_hi = min(3000.0, (hi - margin) / (n_harm * (1 + depth)))
-    while base_hi < base_lo and n_harm > 2:
-        n_harm -= 1
-        base_hi = min(3000.0, (hi - margin) / (n_harm * (1 + depth)))
-    if base_hi < base_lo:  # very low rates: fall back to the field preset's stack
-        return synth_harmonic(rng, sample_rate, n)
-    base = _log_uniform(rng, base_lo, base_hi)
-    t = np.arange(n) / sample_rate
-    if rng.random() < 0.5:
-        contour = depth * np.sin(2 * np.pi * rng.uniform(2.0, 8.0) * t + rng.uniform(0, 2 * np.pi))
-    else:
-        contour = depth * rng.choice([-1.0, 1.0]) * (2 * t / duration - 1)
-    f0 = base * (1 + contour)
-    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
-    ratio = rng.uniform(0.6, 0.95)
-    x = sum(ratio**k * np.sin((k + 1) * phase + rng.uniform(0, 2 * np.pi)) for k in range(n_harm))
-    x = x * _envelope(rng, n)
-    return Call("harmonic", _unit_rms(x), float(f0.min()) - margin, n_harm * float(f0.max()) + margin)
+    """field_hard: 3-6 harmonics of an f0 of 500-3000 Hz: one call spread over several bands (a 2 kHz f0 with 5
+    harmonics spans 2-10 kHz). At rates where not even 2 fit, the field preset's stack."""
+    return _harmonic_stack(rng, sample_rate, n, (3, 7), (500.0, 3000.0), (0.6, 0.95), fall_back=True)
 
 
 def synth_click_train(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
