@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import hashlib
@@ -244,13 +245,14 @@ def folder_lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-class FileProcessor:
+class FileProcessor(abc.ABC):
     """What a command does to one file. Subclasses implement :meth:`process` (write the file's outputs atomically
-    under ``out``; return a JSON-able record) and :meth:`merge` (the folder's combined outputs from all done
-    records, in file order). Built once per process by ``factory(**spec)`` (picklable, for worker processes)."""
+    under ``out``; return a JSON-able record) and may override :meth:`merge` (the folder's combined outputs from
+    all done records, in file order). Built once per process by ``factory(**spec)`` (picklable, for workers)."""
 
+    @abc.abstractmethod
     def process(self, path: Path, name: str, info: AudioInfo, out: Path, bar: tqdm | None) -> dict[str, Any]:
-        raise NotImplementedError
+        """Write the outputs of one file under ``out``; return its record (JSON-able)."""
 
     @staticmethod
     def merge(out: Path, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from a2v_het.config import config_from_dict
-from a2v_het.frontend import build_frontend
 from a2v_het.frontend.config import FrontendConfig
+from a2v_het.model.classifier import CallDetector, attach_backbone
 from a2v_het.model.config import ModelConfig
+from a2v_het.model.data2vec import Data2VecModel
 from a2v_het.runs import checkpoint_root, latest_tag
 
 
@@ -69,15 +70,7 @@ class Backbone(nn.Module):
 
     def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig):
         super().__init__()
-        from a2v_het.model.data2vec import Data2VecModel
-
-        base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
-        self.cfg = model_cfg
-        self.token_rate = float(frontend_cfg.token_rate)
-        self.frontend = base.frontend
-        self.token_norm = base.token_norm
-        self.token_proj = base.token_proj
-        self.encoder = base.encoder
+        attach_backbone(self, model_cfg, frontend_cfg)
 
 
 def _load_strict(model: nn.Module, state: dict[str, Tensor], source: Path, ignore_prefixes: tuple[str, ...] = ()
@@ -110,8 +103,6 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", rando
         raise CheckpointError(f"{config_path}: {e}") from None
     torch.manual_seed(seed)
     if "finetune" in tree:
-        from a2v_het.model.classifier import CallDetector
-
         f = dict(tree["finetune"])
         classes = list(f.get("classes") or [])
         if not classes:
@@ -145,8 +136,6 @@ def encode(model: nn.Module, wave: Tensor, sample_rate: Tensor, lengths: Tensor)
         (B, N, D): the residual stream after each block, un-normalised), padding_mask (B, N) True = pad; N tokens at
         ``model.token_rate``.
     """
-    from a2v_het.model.data2vec import Data2VecModel
-
     tokens, padding_mask, _ = Data2VecModel._tokens(model, wave, sample_rate, lengths)
     final, streams = model.encoder(model.encoder.add_position(tokens, padding_mask), padding_mask,
                                    outputs="residual")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from a2v_het.frontend.band_masks import cauchy_band_masks
-from a2v_het.frontend.hypernetwork import band_capture
+from a2v_het.frontend.hypernetwork import band_capture, valid_starts
 
 CANDIDATE_STEP_FRACTION = 0.25
 """spectral_flux / entropy: candidate band starts every W * this Hz."""
@@ -38,7 +38,7 @@ def greedy_starts(statistic: Tensor, sample_rate: Tensor, num_bands: int, band_w
     b, g = statistic.shape
     freqs = torch.arange(g, device=statistic.device, dtype=torch.float32) * grid_hz
     band_bins = int(round(band_width_hz / grid_hz))
-    start_ok = (freqs[None] >= band_min_hz) & (freqs[None] <= sample_rate.float()[:, None] / 2 - band_width_hz + 1e-6)
+    start_ok = valid_starts(freqs, sample_rate, band_min_hz, band_width_hz)
     residual = statistic.float().clone()
     starts = []
     for _ in range(num_bands):
@@ -100,10 +100,9 @@ def _top_k_without_overlap(scores: Tensor, fits: Tensor, cand: Tensor, num_bands
                 chosen.append(f)
             if len(chosen) == num_bands:
                 break
-        rest = [float(cand[c]) for c in order.tolist() if float(cand[c]) not in chosen]
-        while len(chosen) < num_bands:
-            chosen.append(rest.pop(0) if rest else chosen[len(chosen) % max(len(chosen), 1)])
-        out[i] = torch.tensor(chosen[:num_bands])
+        # Too few non-overlapping candidates (a narrow clip): the best remaining ones, then repeats of the chosen.
+        chosen += [float(cand[c]) for c in order.tolist() if float(cand[c]) not in chosen]
+        out[i] = torch.tensor([chosen[j % len(chosen)] for j in range(num_bands)])
     return out
 
 

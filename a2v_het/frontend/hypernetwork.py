@@ -26,6 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from a2v_het.frontend.band_masks import cauchy_band_masks
+from a2v_het.frontend.call_evidence import local_mean
+from a2v_het.frontend.coverage_losses import variance_distribution
 from a2v_het.frontend.config import HeterodyneConfig
 
 N_FEATURES = 4  # log power, log statistic, Nyquist mask, valid-start mask
@@ -41,17 +43,6 @@ LOCAL_POWER_HZ = 1000.0
 """``local`` inputs: log mean power is read against its mean over +-this many Hz of valid bins."""
 
 
-def local_mean(values: Tensor, valid: Tensor, half_bins: int) -> Tensor:
-    """(B, G): mean of ``values`` over the valid bins within +-half_bins of each bin (box filter by cumsum)."""
-    w = valid.float()
-    c_v = torch.nn.functional.pad((values * w).cumsum(-1), (1, 0))
-    c_w = torch.nn.functional.pad(w.cumsum(-1), (1, 0))
-    g = values.shape[-1]
-    idx = torch.arange(g, device=values.device)
-    lo, hi = (idx - half_bins).clamp(min=0), (idx + half_bins + 1).clamp(max=g)
-    return (c_v[:, hi] - c_v[:, lo]) / (c_w[:, hi] - c_w[:, lo]).clamp(min=1.0)
-
-
 def band_capture(values: Tensor, band_bins: int) -> Tensor:
     """(B, G) -> (B, G): sum of ``values`` over [g, g + band_bins] for every start bin g (box filter by cumsum)."""
     c = torch.nn.functional.pad(values.cumsum(-1), (1, 0))
@@ -60,10 +51,10 @@ def band_capture(values: Tensor, band_bins: int) -> Tensor:
     return c[:, hi] - c[:, :g]
 
 
-def valid_starts(freqs_hz: Tensor, sample_rate: Tensor, cfg: HeterodyneConfig) -> Tensor:
+def valid_starts(freqs_hz: Tensor, sample_rate: Tensor, band_min_hz: float, band_width_hz: float) -> Tensor:
     """(B, G) bool: f_min <= f <= nyquist - W for each clip."""
     nyq = sample_rate.float()[:, None] / 2
-    return (freqs_hz[None, :] >= cfg.band_min_hz) & (freqs_hz[None, :] <= nyq - cfg.band_width_hz + 1e-6)
+    return (freqs_hz[None, :] >= band_min_hz) & (freqs_hz[None, :] <= nyq - band_width_hz + 1e-6)
 
 
 class BandPicker(nn.Module):
@@ -111,14 +102,15 @@ class BandPicker(nn.Module):
         """Picker inputs (B, feature_channels, G) and the statistic the greedy evidence is counted in (B, G)."""
         cfg = self.cfg
         fv, sv = freq_valid.float(), start_valid.float()
-        total = (statistic * fv).sum(-1, keepdim=True)
-        p = torch.where(total > 0, statistic * fv / total.clamp(min=torch.finfo(torch.float32).tiny),
-                        torch.zeros_like(statistic))
+        p = variance_distribution(statistic, freq_valid)
         level_free = self.level_free
         counted = statistic * fv if level_free else p
         if cfg.picker_inputs == "local":
             log_mean = torch.log(mean_power + (mean_power * fv).amax(-1, keepdim=True) * 1e-10 + 1e-30)
-            log_power = (log_mean - local_mean(log_mean, freq_valid, self.local_half_bins)) * fv
+            # Mean over the valid bins within +-1 kHz: ratio of the local means of (value x mask) and of the mask.
+            neighbourhood = (local_mean(log_mean * fv, self.local_half_bins, dim=-1)
+                             / local_mean(fv, self.local_half_bins, dim=-1).clamp(min=1e-6))
+            log_power = (log_mean - neighbourhood) * fv
             log_stat = (torch.log1p(counted / EVIDENCE_UNIT) if level_free else torch.log(p + 1e-6)) * fv
         else:
             # Against the mean over the clip's valid bins: shifts with the clip's bandwidth (the ablation).
@@ -141,7 +133,7 @@ class BandPicker(nn.Module):
         cfg = self.cfg
         b, g = mean_power.shape
         freqs = torch.arange(g, device=mean_power.device, dtype=torch.float32) * self.grid_hz
-        start_valid = valid_starts(freqs, sample_rate, cfg)
+        start_valid = valid_starts(freqs, sample_rate, cfg.band_min_hz, cfg.band_width_hz)
         if not start_valid.any(-1).all():
             bad = sample_rate[~start_valid.any(-1)].tolist()
             raise ValueError(f"sample rates {bad} Hz are too low for one band of {cfg.band_width_hz:g} Hz starting at "

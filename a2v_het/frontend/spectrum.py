@@ -177,7 +177,7 @@ def grid_power_statistics(
     n_grid: int,
     grid_hz: float | None = None,
     power_exponent: float = 1.0,
-    evidence: tuple[float, ...] | None = None,
+    evidence: tuple[float, float, float, float] | None = None,
 ) -> GridPowerStats:
     """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
 
@@ -185,7 +185,7 @@ def grid_power_statistics(
     whole number of samples (every common rate with the default 20 ms window) the bins are the grid bins, and
     otherwise the per-bin statistics are linearly interpolated onto it. Same arguments as
     :func:`grid_power_spectrogram`. ``power_exponent`` != 1 takes the statistics of P^exponent (compressed power).
-    ``evidence = (smooth_hz, smooth_s, margin_nats[, common_mode_hz])`` also computes the call evidence E(f) of the
+    ``evidence = (smooth_hz, smooth_s, margin_nats, common_mode_hz)`` (:attr:`HeterodyneConfig.evidence_args`) also computes the call evidence E(f) of the
     (uncompressed) power, with the smoothing kernel rounded to odd whole bins and frames of each rate's own STFT.
     """
     grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
@@ -199,8 +199,7 @@ def grid_power_statistics(
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
             columns = []
             if evidence is not None:
-                smooth_hz, smooth_s, margin = evidence[:3]
-                common_hz = evidence[3] if len(evidence) > 3 else 0.0
+                smooth_hz, smooth_s, margin, common_hz = evidence
                 hop = max(1, int(round(hop_s * sr)))
                 columns.append(call_evidence(power, fvalid, odd_cells(smooth_hz, sr / n_fft),
                                              odd_cells(smooth_s, hop / sr), margin,

@@ -45,19 +45,26 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss
 
 
+def attach_backbone(module: nn.Module, model_cfg: ModelConfig, frontend_cfg: FrontendConfig) -> None:
+    """Give ``module`` the pretrained student's inference parts: ``frontend``, ``token_norm``, ``token_proj`` and
+    ``encoder``, under the parameter names of :class:`Data2VecModel` (so an export's ``model.safetensors`` loads),
+    plus ``cfg`` and ``token_rate`` (tokens per second). The decoder, mask embedding and teacher are dropped."""
+    base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
+    module.cfg = model_cfg
+    module.token_rate = float(frontend_cfg.token_rate)
+    module.frontend = base.frontend
+    module.token_norm = base.token_norm
+    module.token_proj = base.token_proj
+    module.encoder = base.encoder
+
+
 class CallDetector(nn.Module):
     def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, num_classes: int, top_k: int = 1,
                  dropout: float = 0.1, freeze_frontend: bool = False):
         super().__init__()
         if not 1 <= top_k <= model_cfg.depth:
             raise ValueError(f"top_k must be in [1, model.depth={model_cfg.depth}], got {top_k}")
-        base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
-        self.cfg = model_cfg
-        self.token_rate = float(frontend_cfg.token_rate)
-        self.frontend = base.frontend
-        self.token_norm = base.token_norm
-        self.token_proj = base.token_proj
-        self.encoder = base.encoder
+        attach_backbone(self, model_cfg, frontend_cfg)
         self.top_k = top_k
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(model_cfg.embed_dim, num_classes)
