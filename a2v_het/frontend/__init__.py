@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
+
 from a2v_het.frontend.base import Frontend, FrontendOutput
 from a2v_het.frontend.config import (
     FRONTEND_NAMES,
+    FRONTENDS,
     AaPEConfig,
     ConvExtractorConfig,
     FrontendConfig,
+    FrontendSpec,
     GaborStrfConfig,
     HeterodyneConfig,
     LogMelConfig,
@@ -17,39 +21,17 @@ from a2v_het.frontend.config import (
 
 
 def build_frontend(cfg: FrontendConfig) -> Frontend:
-    if cfg.name == "heterodyne":
-        from a2v_het.frontend.heterodyne_frontend import HeterodyneFrontend
-
-        return HeterodyneFrontend(cfg)
-    if cfg.name == "conv":
-        from a2v_het.frontend.conv_extractor import ConvExtractor
-
-        return ConvExtractor(cfg)
-    if cfg.name == "logmel":
-        from a2v_het.frontend.logmel import LogMelFrontend
-
-        return LogMelFrontend(cfg)
-    if cfg.name == "sincnet":
-        from a2v_het.frontend.sincnet import SincNetFrontend
-
-        return SincNetFrontend(cfg)
-    if cfg.name == "gabor_strf":
-        from a2v_het.frontend.gabor_strf import GaborStrfFrontend
-
-        return GaborStrfFrontend(cfg)
-    if cfg.name == "logmel_patch":
-        from a2v_het.frontend.logmel_patch import LogMelPatchFrontend
-
-        return LogMelPatchFrontend(cfg)
-    if cfg.name == "aape":
-        from a2v_het.frontend.aape import AaPEFrontend
-
-        return AaPEFrontend(cfg)
-    raise ValueError(f"unknown frontend {cfg.name!r}")
+    """The frontend ``cfg.name`` names, from the registry :data:`FRONTENDS`."""
+    if cfg.name not in FRONTENDS:
+        raise ValueError(f"unknown frontend {cfg.name!r}; choose from {list(FRONTENDS)}")
+    module, cls = FRONTENDS[cfg.name].builder.split(":")
+    return getattr(importlib.import_module(module), cls)(cfg)
 
 
 __all__ = [
     "FRONTEND_NAMES",
+    "FRONTENDS",
+    "FrontendSpec",
     "AaPEConfig",
     "GaborStrfConfig",
     "LogMelPatchConfig",

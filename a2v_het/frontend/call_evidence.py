@@ -73,9 +73,10 @@ def local_mean(x: Tensor, half: int, dim: int = -2) -> Tensor:
     return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (hi - lo).to(x.dtype).view(shape)
 
 
+@torch.no_grad()
 def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_frames: int,
                   margin_nats: float, common_half_bins: int = 0) -> Tensor:
-    """E(f) for a group of clips at one sample rate.
+    """E(f) for a group of clips at one sample rate (a statistic of the input: no gradient).
 
     Args:
         power: (b, n_bins, F) fp32 STFT power of the clips (zero on frames past a clip's end).
@@ -87,6 +88,8 @@ def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_f
             own bins.
     Returns: (b, n_bins) fp32, >= 0, in nats (mean over the valid frames); zeros for a clip without a valid frame.
     """
+    # The steps after the first smoothing work in place on their own temporaries: each fresh (b, n_bins, F)
+    # buffer costs page faults that measured as much as the arithmetic.
     power = power.float()
     all_valid = bool(frame_valid.all())
     valid = frame_valid.float()[:, None, :]  # (b, 1, F)
@@ -98,11 +101,12 @@ def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_f
     step = 2 if smooth_frames > 2 else 1
     ones = torch.ones_like(power[:1, :, :1])
     count = box_sum(valid, smooth_frames, -1)[..., ::step] * box_sum(ones, smooth_bins, -2)
-    smoothed = box_sum(box_sum(power, smooth_frames, -1)[..., ::step], smooth_bins, -2) / count.clamp(min=1.0)
+    level = box_sum(box_sum(power, smooth_frames, -1)[..., ::step], smooth_bins, -2)
+    level.div_(count.clamp(min=1.0))
     valid = valid[..., ::step]
     peak = power.amax(dim=(1, 2), keepdim=True)
     floor = peak * 10.0 ** (-FLOOR_DB_BELOW_PEAK / 10) + torch.finfo(torch.float32).tiny
-    level = torch.log(smoothed + floor)  # (b, n_bins, F / step) nats
+    level.add_(floor).log_()  # (b, n_bins, F / step) nats
     # The floor is the median over frames smooth_frames apart (3 s: 60 values instead of 300): the median is the
     # most expensive step here.
     stride = max(1, smooth_frames // step)
@@ -111,12 +115,11 @@ def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_f
     else:
         sub = level[..., ::stride].masked_fill(valid[:, :, ::stride] == 0, float("nan"))
         median = torch.nan_to_num(sub.nanmedian(dim=-1).values, nan=0.0)
-    deviation = level - median[..., None]
+    deviation = level.sub_(median[..., None])
     if common_half_bins > 0:
-        deviation = deviation - local_mean(deviation, common_half_bins, dim=-2)
-    rise = torch.relu(deviation - margin_nats)
+        deviation.sub_(local_mean(deviation, common_half_bins, dim=-2))
+    rise = deviation.sub_(margin_nats).relu_()
     if not all_valid:
-        rise = rise * valid
+        rise.mul_(valid)
     n = valid.sum(-1).clamp(min=1.0)
     return rise.sum(-1) / n
-

@@ -349,13 +349,38 @@ class AaPEConfig(LogMelPatchConfig):
             raise ConfigError(f"{prefix}.lambda_hidden must be >= 1, got {self.lambda_hidden}")
 
 
-FRONTEND_NAMES = ("heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape")
-"""Every name ``FrontendConfig.name`` accepts (build_frontend dispatches on it)."""
+@dataclass(frozen=True)
+class FrontendSpec:
+    """One row of the frontend registry: where the module lives and which config section it reads."""
+
+    builder: str
+    """``module:Class`` of the :class:`~a2v_het.frontend.base.Frontend`; imported only when that frontend is built,
+    so a run pays for the modules it uses."""
+    section: str | None
+    """The ``FrontendConfig`` field holding its options (``frontend.<section>.*``), None if it has none."""
+
+
+FRONTENDS: dict[str, FrontendSpec] = {
+    "heterodyne": FrontendSpec("a2v_het.frontend.heterodyne_frontend:HeterodyneFrontend", "heterodyne"),
+    "conv": FrontendSpec("a2v_het.frontend.conv_extractor:ConvExtractor", "conv"),
+    "logmel": FrontendSpec("a2v_het.frontend.logmel:LogMelFrontend", "logmel"),
+    "logmel_patch": FrontendSpec("a2v_het.frontend.logmel_patch:LogMelPatchFrontend", "logmel_patch"),
+    "sincnet": FrontendSpec("a2v_het.frontend.sincnet:SincNetFrontend", "sincnet"),
+    "gabor_strf": FrontendSpec("a2v_het.frontend.gabor_strf:GaborStrfFrontend", "gabor_strf"),
+    "aape": FrontendSpec("a2v_het.frontend.aape:AaPEFrontend", "aape"),
+}
+"""The one table of frontends: name -> builder and config section. ``FrontendConfig.name`` accepts exactly these
+names, :func:`a2v_het.frontend.build_frontend` builds from it, and the benchmarks iterate over it."""
+
+FRONTEND_NAMES: tuple[str, ...] = tuple(FRONTENDS)
+
+FrontendName = Literal[FRONTEND_NAMES]  # type: ignore[valid-type]  # built from the table: one list of names
+"""The names ``frontend.name`` accepts; the recipe loader turns a typo into "did you mean ...?"."""
 
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    name: Literal["heterodyne", "conv", "logmel", "sincnet", "gabor_strf", "logmel_patch", "aape"] = "heterodyne"
+    name: FrontendName = "heterodyne"
     dim: int = 256
     """D: width of the tokens handed to the encoder."""
     token_rate: float = 50.0
@@ -371,10 +396,12 @@ class FrontendConfig:
     def validate(self) -> None:
         if self.token_rate <= 0 or self.dim < 1:
             raise ConfigError("frontend.token_rate must be > 0 and frontend.dim >= 1")
-        zoo = {"sincnet": self.sincnet, "gabor_strf": self.gabor_strf, "logmel_patch": self.logmel_patch,
-               "aape": self.aape}
-        if self.name in zoo:
-            zoo[self.name].validate()
+        if self.name not in FRONTENDS:
+            raise ConfigError(f"frontend.name {self.name!r} is not one of {list(FRONTENDS)}")
+        section = FRONTENDS[self.name].section
+        options = getattr(self, section) if section else None
+        if options is not None and hasattr(options, "validate"):
+            options.validate()
         ratio = self.heterodyne.band_width_hz / self.token_rate
         if self.name == "heterodyne" and abs(ratio - round(ratio)) > 1e-9:
             raise ConfigError(

@@ -117,12 +117,15 @@ def heterodyne_bands(
                 pos = start[..., None] + torch.arange(m_out, device=wave.device)
                 pos = torch.where((pos >= 0) & (pos < n_bins), pos, torch.full_like(pos, n_bins))
                 bins = torch.gather(spec[:, None, :].expand(-1, k_bands, -1), 2, pos)
-                z = torch.fft.ifft(bins, dim=-1) * scale
+                # Scaled in place where nothing differentiates it, and [I, Q] copied once into ``out`` from a view:
+                # no extra (b, K, m) temporaries (each costs page faults on CPU).
+                z = torch.fft.ifft(bins, dim=-1)
+                z = z * scale if z.requires_grad else z.mul_(scale)
                 if straight_through:
                     t = torch.arange(m_out, device=wave.device, dtype=torch.float32) / band_width_hz
                     delta = band_start_hz[idx].float() - band_start_hz[idx].detach().float()
                     z = z * torch.polar(torch.ones_like(t), -2 * math.pi * delta[..., None] * t)
-                out[idx, :, :, :m_out] = torch.stack([z.real, z.imag], dim=2)
+                out[idx, :, :, :m_out] = torch.view_as_real(z).transpose(-1, -2)
             else:
                 d = torch.arange(m_out + 1, device=wave.device)
                 up = start[..., None] + d

@@ -14,7 +14,11 @@ the start frequencies within +-window of it. The result is differentiable and ca
 peaks, as a global soft-argmax would. Bands are picked one after another; after each pick the variance it
 captures (through its soft Cauchy mask) is removed from the evidence, so the next band looks for what is left.
 The conv body runs once per clip; only a small conv head sees the changing evidence (the variance each start
-would still capture, and what is already covered), so K bands cost little more than one.
+would still capture, and what is already covered), so K bands cost little more than one. That bookkeeping is a
+statistic of the bands already picked and carries no gradient (each band learns where to go given the earlier
+ones; the coverage losses reach every band through its own mask), and the head is differentiated only on the
+window of starts its soft-argmax reads. Both cut the picker's backward to a few small ops per band, and training
+this way covered more calls on ``field_hard`` than with the gradient through the chain (BENCHMARKS.md).
 
 Each start is a convex combination of grid frequencies inside [f_min, nyquist - W] of its clip, so the constraint
 holds by construction: an 8 kHz clip never gets a band above 4 kHz.
@@ -144,31 +148,45 @@ class BandPicker(nn.Module):
 
         h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
         w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
+        e_capture, e_covered = self.head_evidence[None, :, 0, None], self.head_evidence[None, :, 1, None]
+        gain = nn.functional.softplus(self.capture_gain)
+        w = self.window_bins
+        # Grid padded by the window on both sides (invalid there), so every window is in range without clamping.
+        pad = lambda x, value=0.0: nn.functional.pad(x, (w, w), value=value)  # noqa: E731
+        h_padded, freqs_padded, valid_padded = pad(h_head), pad(freqs), pad(start_valid, False)
+        offsets = torch.arange(2 * w + 1, device=mean_power.device)
+
+        def logits_of(h_part: Tensor, log_capture: Tensor, covered: Tensor, valid: Tensor) -> Tensor:
+            z = h_part + e_capture * log_capture[:, None] + e_covered * covered[:, None]
+            logits = torch.einsum("c,bcg->bg", w_out, nn.functional.gelu(z)) + b_out + gain * log_capture
+            return logits.masked_fill(~valid, float("-inf"))
+
+        # The greedy bookkeeping (what is left to capture, what is covered) is a statistic of the bands already
+        # picked, held without gradient: each band learns where to go given the earlier ones, and the coverage
+        # losses reach every band through its own mask. The logits are evaluated on the whole grid only to find the
+        # arg-max; the differentiable part runs on the 2w+1 starts of its window (a 15th of the grid at 48 kHz).
         # A faint floor of evidence on every valid bin: once the calls are all captured, the remaining bands spread
         # over the spectrum not yet covered instead of stacking on one start (ties of an all-zero residual), so no
         # band is wasted. It is far below any call (a call bin holds >= 1e-2 nats).
         floor = EVIDENCE_FLOOR if self.level_free else EVIDENCE_FLOOR_P
-        residual = counted + floor * freq_valid.float()
-        covered = torch.zeros_like(mean_power)
-        w = self.window_bins
-        offsets = torch.arange(2 * w + 1, device=mean_power.device)
-        # Grid padded by the window on both sides (logits -inf there), so every window is in range without clamping.
-        freqs_padded = nn.functional.pad(freqs, (w, w))
+        residual = (counted + floor * freq_valid.float()).detach()
+        uncovered = torch.ones_like(mean_power)
         starts = []
         for _ in range(cfg.num_bands):
-            log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6) * sv
-            z = h_head + self.head_evidence[None, :, 0, None] * log_capture[:, None] \
-                + self.head_evidence[None, :, 1, None] * covered[:, None]
-            logits = torch.einsum("c,bcg->bg", w_out, nn.functional.gelu(z)) + b_out
-            logits = logits + nn.functional.softplus(self.capture_gain) * log_capture
-            logits = nn.functional.pad(logits.masked_fill(~start_valid, float("-inf")), (w, w), value=float("-inf"))
-            win = logits.detach().argmax(-1, keepdim=True) - w + offsets  # (B, 2w+1) indices into the padded grid
-            weights = torch.softmax(torch.gather(logits, 1, win), dim=-1)
-            f_k = (weights * freqs_padded[win]).sum(-1)
+            with torch.no_grad():
+                log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6).mul_(sv)
+                covered = 1.0 - uncovered
+                peak = logits_of(h_head, log_capture, covered, start_valid).argmax(-1, keepdim=True)
+                win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
+            h_win = torch.gather(h_padded, 2, win[:, None, :].expand(-1, h_padded.shape[1], -1))
+            logits = logits_of(h_win, torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win),
+                               torch.gather(valid_padded, 1, win))
+            f_k = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)
             starts.append(f_k)
-            m_k = cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
-            residual = residual * (1.0 - m_k)
-            covered = 1.0 - (1.0 - covered) * (1.0 - m_k)
+            with torch.no_grad():
+                keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
+                residual.mul_(keep)
+                uncovered.mul_(keep)
         f = torch.stack(starts, dim=1)
         # Guards against float round-off only; the convex combination already lies in the valid range.
         lo = torch.full_like(f, cfg.band_min_hz)
