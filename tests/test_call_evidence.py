@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.signal import resample_poly
 
-from a2v_het.frontend.call_evidence import call_evidence, odd_cells
+from a2v_het.frontend.call_evidence import box_sum, call_evidence, odd_cells
 from a2v_het.frontend.spectrum import grid_power_statistics
 
 WINDOW_S, HOP_S = 0.02, 0.01
@@ -35,6 +35,18 @@ def tone_burst(n, sr, f_hz, start_s, dur_s, amp):
     t = np.arange(n) / sr
     env = ((t >= start_s) & (t < start_s + dur_s)).astype(float)
     return amp * env * np.sin(2 * math.pi * f_hz * t)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])
+@pytest.mark.parametrize("step", [1, 2, 3])
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_box_sum_matches_numpy_and_its_step_keeps_every_step_th_cell(size, step, dim):
+    x = torch.rand(2, 9, 23, generator=torch.Generator().manual_seed(size * 10 + step), dtype=torch.float64)
+    axis = x.dim() + dim
+    padded = np.pad(x.numpy(), [(0, 0)] * axis + [(size // 2, size // 2)] + [(0, 0)] * (x.dim() - 1 - axis))
+    ref = sum(np.take(padded, np.arange(s, s + x.shape[dim]), axis=axis) for s in range(size))
+    ref = np.take(ref, np.arange(0, x.shape[dim], step), axis=axis)
+    np.testing.assert_allclose(box_sum(x, size, dim, step).numpy(), ref, rtol=1e-12)
 
 
 def test_odd_cells():

@@ -148,7 +148,7 @@ class BandPicker(nn.Module):
 
         h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
         w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
-        e_capture, e_covered = self.head_evidence[None, :, 0, None], self.head_evidence[None, :, 1, None]
+        e_capture, e_covered = self.head_evidence[:, 0, None], self.head_evidence[:, 1, None]  # (C, 1)
         gain = nn.functional.softplus(self.capture_gain)
         w = self.window_bins
         # Grid padded by the window on both sides (invalid there), so every window is in range without clamping.
@@ -157,37 +157,48 @@ class BandPicker(nn.Module):
         offsets = torch.arange(2 * w + 1, device=mean_power.device)
 
         def logits_of(h_part: Tensor, log_capture: Tensor, covered: Tensor, valid: Tensor) -> Tensor:
-            z = h_part + e_capture * log_capture[:, None] + e_covered * covered[:, None]
-            logits = torch.einsum("c,bcg->bg", w_out, nn.functional.gelu(z)) + b_out + gain * log_capture
+            """h_part (..., C, n), log_capture / covered / valid (..., n) -> logits (..., n)."""
+            z = h_part + e_capture * log_capture[..., None, :] + e_covered * covered[..., None, :]
+            logits = torch.einsum("c,...cn->...n", w_out, nn.functional.gelu(z)) + b_out + gain * log_capture
             return logits.masked_fill(~valid, float("-inf"))
 
-        # The greedy bookkeeping (what is left to capture, what is covered) is a statistic of the bands already
-        # picked, held without gradient: each band learns where to go given the earlier ones, and the coverage
-        # losses reach every band through its own mask. The logits are evaluated on the whole grid only to find the
-        # arg-max; the differentiable part runs on the 2w+1 starts of its window (a 15th of the grid at 48 kHz).
+        def window_logits(win: Tensor, log_capture: Tensor, covered: Tensor) -> Tensor:
+            """The logits at the padded-grid indices win (..., n) (log_capture and covered already windowed)."""
+            lead = win.shape[:-1]
+            flat = win.reshape(win.shape[0], -1)  # (B, (K x) n)
+            h_win = torch.gather(h_padded, 2, flat[:, None, :].expand(-1, h_padded.shape[1], -1))
+            h_win = h_win.reshape(win.shape[0], h_padded.shape[1], *lead[1:], win.shape[-1])
+            if len(lead) > 1:  # (B, C, K, n) -> (B, K, C, n)
+                h_win = h_win.movedim(1, -2)
+            return logits_of(h_win, log_capture, covered, torch.gather(valid_padded, 1, flat).reshape(win.shape))
+
+        # The greedy bookkeeping (what is left to capture, what is covered, which window each band reads) is a
+        # statistic of the bands already picked, run without gradient: each band learns where to go given the
+        # earlier ones, and the coverage losses reach every band through its own mask. The logits are evaluated on
+        # the whole grid only to find each arg-max; the differentiable part then runs once for all K bands on the
+        # 2w+1 starts of their windows (a 15th of the grid at 48 kHz).
         # A faint floor of evidence on every valid bin: once the calls are all captured, the remaining bands spread
         # over the spectrum not yet covered instead of stacking on one start (ties of an all-zero residual), so no
         # band is wasted. It is far below any call (a call bin holds >= 1e-2 nats).
         floor = EVIDENCE_FLOOR if self.level_free else EVIDENCE_FLOOR_P
-        residual = (counted + floor * freq_valid.float()).detach()
-        uncovered = torch.ones_like(mean_power)
-        starts = []
-        for _ in range(cfg.num_bands):
-            with torch.no_grad():
+        wins, captures, covers = [], [], []
+        with torch.no_grad():
+            residual = counted + floor * freq_valid.float()
+            uncovered = torch.ones_like(mean_power)
+            for _ in range(cfg.num_bands):
                 log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6).mul_(sv)
                 covered = 1.0 - uncovered
                 peak = logits_of(h_head, log_capture, covered, start_valid).argmax(-1, keepdim=True)
                 win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
-            h_win = torch.gather(h_padded, 2, win[:, None, :].expand(-1, h_padded.shape[1], -1))
-            logits = logits_of(h_win, torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win),
-                               torch.gather(valid_padded, 1, win))
-            f_k = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)
-            starts.append(f_k)
-            with torch.no_grad():
+                lc, cv = torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win)
+                f_k = (torch.softmax(window_logits(win, lc, cv), dim=-1) * freqs_padded[win]).sum(-1)
                 keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
                 residual.mul_(keep)
                 uncovered.mul_(keep)
-        f = torch.stack(starts, dim=1)
+                wins.append(win), captures.append(lc), covers.append(cv)
+        win = torch.stack(wins, dim=1)  # (B, K, 2w+1)
+        logits = window_logits(win, torch.stack(captures, dim=1), torch.stack(covers, dim=1))
+        f = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)  # (B, K) Hz
         # Guards against float round-off only; the convex combination already lies in the valid range.
         lo = torch.full_like(f, cfg.band_min_hz)
         hi = (sample_rate.float()[:, None] / 2 - cfg.band_width_hz).expand_as(f)
