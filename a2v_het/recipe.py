@@ -1,5 +1,6 @@
 """The run configs: the pretraining recipe (one typed tree of defaults; YAML recipes in recipes/ hold overrides only)
-and the fine-tuning recipe (the same sections plus ``finetune``).
+and the fine-tuning recipe (the same run sections plus ``finetune``). Both are composed of the same section
+dataclasses; neither is a subclass of the other, and ``validate_run_sections`` holds the checks they share.
 
 Below train/ and eval/: the training loop runs them, and evaluation, coverage and inference read a run's
 ``config.yaml`` back into them without importing the training code. Which objective a config trains is decided in
@@ -90,6 +91,18 @@ class LoggingConfig:
     run_name: str = ""
 
 
+def validate_run_sections(cfg: "PretrainConfig | FinetuneConfig") -> None:
+    """The checks of the run sections (data, frontend, optim, train) every run config has."""
+    if cfg.train.zero_stage not in (0, 1, 2):
+        raise ConfigError("train.zero_stage must be 0, 1 or 2 (stage 3 would shard the weights the EMA teacher "
+                          "and the safetensors export read)")
+    if cfg.train.objective == "coverage" and cfg.frontend.name != "heterodyne":
+        raise ConfigError("train.objective=coverage trains the heterodyne hypernetwork; "
+                          f"frontend.name is {cfg.frontend.name!r}")
+    if cfg.data.batch_size < 1 or cfg.optim.grad_accum < 1 or cfg.train.max_steps < 1:
+        raise ConfigError("data.batch_size, optim.grad_accum and train.max_steps must be >= 1")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -100,14 +113,7 @@ class PretrainConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def validate(self) -> None:
-        if self.train.zero_stage not in (0, 1, 2):
-            raise ConfigError("train.zero_stage must be 0, 1 or 2 (stage 3 would shard the weights the EMA teacher "
-                              "and the safetensors export read)")
-        if self.train.objective == "coverage" and self.frontend.name != "heterodyne":
-            raise ConfigError("train.objective=coverage trains the heterodyne hypernetwork; "
-                              f"frontend.name is {self.frontend.name!r}")
-        if self.data.batch_size < 1 or self.optim.grad_accum < 1 or self.train.max_steps < 1:
-            raise ConfigError("data.batch_size, optim.grad_accum and train.max_steps must be >= 1")
+        validate_run_sections(self)
 
 
 @dataclass(frozen=True)
@@ -149,13 +155,22 @@ class FinetuneSection:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(PretrainConfig):
-    """The pretraining sections (data, frontend, model, optim, train, logging) plus ``finetune``."""
+class FinetuneConfig:
+    """The run sections of a pretraining recipe (data, frontend, model, optim, train, logging: the same keys, so a
+    fine-tune recipe reads like a pretraining one) plus ``finetune``. Not a :class:`PretrainConfig`: the model and
+    frontend sections describe the detector's backbone (the pretrained export's, with ``finetune.init``), and
+    ``train.objective`` is not read (:func:`a2v_het.train.objective.build_objective` trains the detector)."""
 
+    data: DataConfig = field(default_factory=DataConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
 
     def validate(self) -> None:
-        super().validate()
+        validate_run_sections(self)
         if self.data.bc_mixup:
             raise ConfigError("use finetune.bc_mixup (mixes the targets too), not data.bc_mixup")
         if not 1 <= self.finetune.top_k <= self.model.depth:

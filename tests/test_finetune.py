@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from a2v_het.config import load_config
-from a2v_het.model.data2vec import Data2VecModel
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "synthetic_finetune.yaml"
@@ -83,8 +82,8 @@ def test_objective_masks_padding_and_unlabelled_clips_and_warmup_groups():
     # groups: frozen frontend left out; backbone lr scaled to 0 during the classifier warm-up
     groups = obj.param_groups(0.01)
     names = {id(p): g["name"] for g in groups for p in g["params"]}
-    assert all(names[id(p)] == "head" for p in obj.head.parameters())
-    assert not any(id(p) in names for p in obj.frontend.parameters())
+    assert all(names[id(p)] == "head" for p in obj.detector.head.parameters())
+    assert not any(id(p) in names for p in obj.detector.frontend.parameters())
     bb = next(g for g in groups if g["name"] == "backbone")
     head = next(g for g in groups if g["name"] == "head")
     assert obj.lr_scale(bb, 4) == 0.0 and obj.lr_scale(bb, 5) == 1.0 and obj.lr_scale(head, 0) == 1.0
@@ -99,21 +98,21 @@ def test_head_reads_the_encoders_final_norm():
     sr = 8000
     wave, lengths = torch.randn(2, sr) * 0.1, torch.tensor([sr, sr // 2])
     rates = torch.full((2,), sr)
-    obj = FinetuneObjective(_tiny_cfg("finetune.top_k=1")).eval()
+    det = FinetuneObjective(_tiny_cfg("finetune.top_k=1")).eval().detector
     with torch.no_grad():
-        feats, pad = obj.features(wave, rates, lengths)
-        tokens, padding_mask, _ = Data2VecModel._tokens(obj, wave, rates, lengths)
-        final, layers = obj.encoder(obj.encoder.add_position(tokens, padding_mask), padding_mask)
+        feats, pad = det.features(wave, rates, lengths)
+        tokens, padding_mask, _ = det.backbone.tokens(wave, rates, lengths)
+        final, layers = det.encoder(det.encoder.add_position(tokens, padding_mask), padding_mask)
     assert torch.equal(feats, final)
     valid = ~pad
     # normalised per token: mean ~0, var ~1 over channels (the FFN output is nowhere near)
     assert feats[valid].mean(-1).abs().max() < 1e-4 and (feats[valid].var(-1, correction=0) - 1).abs().max() < 1e-2
-    obj3 = FinetuneObjective(_tiny_cfg("finetune.top_k=2")).eval()
+    det3 = FinetuneObjective(_tiny_cfg("finetune.top_k=2")).eval().detector
     with torch.no_grad():
-        feats3, _ = obj3.features(wave, rates, lengths)
-        tokens, padding_mask, _ = Data2VecModel._tokens(obj3, wave, rates, lengths)
-        _, streams = obj3.encoder(obj3.encoder.add_position(tokens, padding_mask), padding_mask, outputs="residual")
-    assert torch.allclose(feats3, obj3.encoder.norm((streams[-1] + streams[-2]) / 2), atol=1e-6)
+        feats3, _ = det3.features(wave, rates, lengths)
+        tokens, padding_mask, _ = det3.backbone.tokens(wave, rates, lengths)
+        _, streams = det3.encoder(det3.encoder.add_position(tokens, padding_mask), padding_mask, outputs="residual")
+    assert torch.allclose(feats3, det3.encoder.norm((streams[-1] + streams[-2]) / 2), atol=1e-6)
 
 
 def test_classifier_warmup_runs_no_backward_through_the_backbone():
@@ -128,12 +127,12 @@ def test_classifier_warmup_runs_no_backward_through_the_backbone():
     ev = [[{"onset_s": 0.1, "offset_s": 0.3, "label": "tone"}], []]
     loss, _ = obj(*args, 2, events=ev, labelled=[True, True])
     loss.backward()
-    assert all(p.grad is not None for p in obj.head.parameters())
-    assert all(p.grad is None for p in obj.backbone_parameters())
+    assert all(p.grad is not None for p in obj.detector.head.parameters())
+    assert all(p.grad is None for p in obj.detector.backbone_parameters())
     obj.zero_grad(set_to_none=True)
     loss, _ = obj(*args, 3, events=ev, labelled=[True, True])
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in obj.detector.encoder.parameters())
 
 
 def test_mixup_targets_are_soft():

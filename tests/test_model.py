@@ -266,7 +266,7 @@ def test_loss_is_data2vec2_scaled_mse_at_masked_tokens():
     wave, sr, lengths = clips()
     loss, logs = model(wave, sr, lengths, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        tokens, pad, _ = model._tokens(wave, sr, lengths)
+        tokens, pad, _ = model.backbone.tokens(wave, sr, lengths)
         targets = model._teacher_targets(tokens, pad)
         m = TINY.clone_batch
         mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
@@ -296,7 +296,7 @@ def test_masked_tokens_cannot_leak_into_what_the_student_sees():
     wave, sr, lengths = clips()
     m = TINY.clone_batch
     with torch.no_grad():
-        tokens, pad, _ = model._tokens(wave, sr, lengths)
+        tokens, pad, _ = model.backbone.tokens(wave, sr, lengths)
         mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
                                   torch.Generator().manual_seed(5))
         x = tokens.repeat_interleave(m, 0)
@@ -318,7 +318,7 @@ def test_forward_feeds_the_student_nothing_of_the_masked_tokens():
     wave, sr, lengths = clips()
     m = TINY.clone_batch
     with torch.no_grad():
-        tokens, pad, _ = model._tokens(wave, sr, lengths)
+        tokens, pad, _ = model.backbone.tokens(wave, sr, lengths)
     mask = compute_block_mask(2, tokens.shape[1], pad, TINY.mask_prob, TINY.mask_length, m,
                               torch.Generator().manual_seed(2))
     everywhere = mask.view(2, m, -1).all(1)  # (B, N) masked in every clone

@@ -2,13 +2,14 @@
 
 Two kinds of checkpoint, told apart by their ``config.yaml``:
 
-- a **pretraining** run / export (no ``finetune`` section) -> :class:`Backbone`: frontend -> token norm/projection ->
-  encoder, the student weights of ``model.safetensors`` (decoder, mask embedding and teacher are not loaded);
+- a **pretraining** run / export (no ``finetune`` section) -> :class:`~a2v_het.model.backbone.Backbone`: frontend
+  -> token norm/projection -> encoder, the student weights of ``model.safetensors`` (decoder, mask embedding and
+  teacher are neither built nor loaded);
 - a **fine-tune** run / export (``finetune`` section) -> :class:`~a2v_het.model.classifier.CallDetector` with its
   head; ``model.classes`` holds the class names.
 
-Both expose ``frontend``, ``token_norm``, ``token_proj``, ``encoder``, ``cfg`` (ModelConfig) and ``token_rate``
-(tokens/s), which is all :func:`encode` needs. The run folder layout (``checkpoints/latest``
+Both expose ``cfg`` (ModelConfig), ``token_rate`` (tokens/s) and ``encoder``; :func:`encode` runs the backbone (the
+model itself, or the detector's ``backbone``). The run folder layout (``checkpoints/latest``
 -> ``checkpoints/<tag>/COMPLETE``) comes from :mod:`a2v_het.runs`, so inference does not import the training code.
 """
 
@@ -24,9 +25,9 @@ from torch import Tensor, nn
 
 from a2v_het.config import config_from_dict
 from a2v_het.frontend.config import FrontendConfig
-from a2v_het.model.classifier import CallDetector, attach_backbone
+from a2v_het.model.backbone import Backbone
+from a2v_het.model.classifier import CallDetector
 from a2v_het.model.config import ModelConfig
-from a2v_het.model.data2vec import Data2VecModel
 from a2v_het.runs import checkpoint_root, latest_tag
 
 
@@ -59,18 +60,6 @@ def read_config_tree(config_path: Path) -> dict[str, Any]:
     if not isinstance(tree, dict) or "model" not in tree or "frontend" not in tree:
         raise CheckpointError(f"{config_path} has no model/frontend sections: not an a2v-het run config")
     return tree
-
-
-class Backbone(nn.Module):
-    """The pretrained student without its pretraining-only parts (decoder, mask embedding, EMA teacher).
-
-    Parameter names are those of ``Data2VecModel`` (``frontend.*``, ``token_norm.*``, ``token_proj.*``,
-    ``encoder.*``), so the export's ``model.safetensors`` loads into it directly.
-    """
-
-    def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig):
-        super().__init__()
-        attach_backbone(self, model_cfg, frontend_cfg)
 
 
 def _load_strict(model: nn.Module, state: dict[str, Tensor], source: Path, ignore_prefixes: tuple[str, ...] = ()
@@ -114,7 +103,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu", rando
         model.kind = "detector"
         ignore: tuple[str, ...] = ()
     else:
-        model = Backbone(model_cfg, frontend_cfg)
+        model = Backbone.from_config(model_cfg, frontend_cfg)
         model.kind = "encoder"
         ignore = ()
     if not random_init:
@@ -136,7 +125,5 @@ def encode(model: nn.Module, wave: Tensor, sample_rate: Tensor, lengths: Tensor)
         (B, N, D): the residual stream after each block, un-normalised), padding_mask (B, N) True = pad; N tokens at
         ``model.token_rate``.
     """
-    tokens, padding_mask, _ = Data2VecModel._tokens(model, wave, sample_rate, lengths)
-    final, streams = model.encoder(model.encoder.add_position(tokens, padding_mask), padding_mask,
-                                   outputs="residual")
-    return final, streams, padding_mask
+    backbone = model if isinstance(model, Backbone) else model.backbone
+    return backbone.encode(wave, sample_rate, lengths, outputs="residual")

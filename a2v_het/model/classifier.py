@@ -1,7 +1,7 @@
-"""CallDetector: the pretrained student (frontend + token norm/projection + encoder) with a frame-level multi-label
-head at the token rate (animal2vec's fine-tuning head).
+"""CallDetector: the pretrained student's :class:`~a2v_het.model.backbone.Backbone` (frontend + token norm/projection
++ encoder) with a frame-level multi-label head at the token rate (animal2vec's fine-tuning head).
 
-    wave --frontend/encoder (Data2VecModel parts, no teacher / decoder)--> mean of the residual streams after
+    wave --backbone (no teacher / decoder / mask embedding)--> mean of the residual streams after
          the top-K blocks --> the encoder's final LayerNorm --> dropout --> Linear(D -> C) per token
          --> logits (B, N, C)
 
@@ -12,9 +12,9 @@ The encoder's own final LayerNorm is (it feeds the pretraining decoder). With K 
 encoder's final output; with K > 1 the top-K streams are averaged first, then normalised, as animal2vec's layer
 average is (up to its per-block norms).
 
-Parameter names match the pretraining export (``frontend.*``, ``token_norm.*``, ``token_proj.*``, ``encoder.*``),
-so :meth:`CallDetector.load_pretrained` reads ``model.safetensors`` of ``a2v-het export`` directly; the head is
-``head.*``.
+Parameter names match the pretraining export (``frontend.*``, ``token_norm.*``, ``token_proj.*``, ``encoder.*``;
+:func:`~a2v_het.model.backbone.adopt_parts`), so :meth:`CallDetector.load_pretrained` reads ``model.safetensors``
+of ``a2v-het export`` directly; the head is ``head.*``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from a2v_het.frontend import build_frontend
 from a2v_het.frontend.config import FrontendConfig
+from a2v_het.model.backbone import Backbone, adopt_parts
 from a2v_het.model.config import ModelConfig
-from a2v_het.model.data2vec import Data2VecModel
 from a2v_het.runs import load_weights
 
 
@@ -45,26 +44,16 @@ def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gam
     return loss
 
 
-def attach_backbone(module: nn.Module, model_cfg: ModelConfig, frontend_cfg: FrontendConfig) -> None:
-    """Give ``module`` the pretrained student's inference parts: ``frontend``, ``token_norm``, ``token_proj`` and
-    ``encoder``, under the parameter names of :class:`Data2VecModel` (so an export's ``model.safetensors`` loads),
-    plus ``cfg`` and ``token_rate`` (tokens per second). The decoder, mask embedding and teacher are dropped."""
-    base = Data2VecModel(model_cfg, build_frontend(frontend_cfg))
-    module.cfg = model_cfg
-    module.token_rate = float(frontend_cfg.token_rate)
-    module.frontend = base.frontend
-    module.token_norm = base.token_norm
-    module.token_proj = base.token_proj
-    module.encoder = base.encoder
-
-
 class CallDetector(nn.Module):
+    """A :class:`Backbone` (``self.backbone``, built from the configs: nothing of pretraining's decoder, mask
+    embedding or teacher is made) and its head. See the module docstring."""
+
     def __init__(self, model_cfg: ModelConfig, frontend_cfg: FrontendConfig, num_classes: int, top_k: int = 1,
                  dropout: float = 0.1, freeze_frontend: bool = False):
         super().__init__()
         if not 1 <= top_k <= model_cfg.depth:
             raise ValueError(f"top_k must be in [1, model.depth={model_cfg.depth}], got {top_k}")
-        attach_backbone(self, model_cfg, frontend_cfg)
+        adopt_parts(self, "backbone", Backbone.from_config(model_cfg, frontend_cfg))  # self.frontend, ..., self.encoder
         self.top_k = top_k
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(model_cfg.embed_dim, num_classes)
@@ -73,15 +62,23 @@ class CallDetector(nn.Module):
             for p in self.frontend.parameters():
                 p.requires_grad_(False)
 
+    @property
+    def cfg(self) -> ModelConfig:
+        return self.backbone.cfg
+
+    @property
+    def token_rate(self) -> float:
+        """Tokens (frames of the logits) per second."""
+        return self.backbone.token_rate
+
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.logits(wave, sample_rate, lengths)
 
     def features(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0) -> tuple[Tensor, Tensor]:
         """-> features (B, N, D) = final LayerNorm of the mean of the top-K residual streams, padding_mask (B, N)
         True = pad. ``step`` seeds layerdrop (the same blocks on every rank)."""
-        tokens, padding_mask, _ = Data2VecModel._tokens(self, wave, sample_rate, lengths)
-        _, streams = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask,
-                                  layerdrop_seed=step, outputs="residual")
+        _, streams, padding_mask = self.backbone.encode(wave, sample_rate, lengths, layerdrop_seed=step,
+                                                        outputs="residual")
         x = torch.stack(streams[-self.top_k:], 0).mean(0)
         return self.encoder.norm(x), padding_mask
 
@@ -100,7 +97,7 @@ class CallDetector(nn.Module):
         return torch.sigmoid(logits.float()), pad
 
     def backbone_parameters(self):
-        return [p for n, p in self.named_parameters() if not n.startswith("head.")]
+        return list(self.backbone.parameters())
 
     def load_pretrained(self, export_dir: str | Path, verbose: bool = True) -> dict[str, list[str]]:
         """Backbone weights from ``export_dir/model.safetensors`` (or a .safetensors path). Strict: every frontend /

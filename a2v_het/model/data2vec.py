@@ -13,8 +13,11 @@ The student's conv positional encoding runs on each clone *after* its masked tok
 (depth x (kernel - 1) tokens, ~90 for the base model) would carry the masked tokens' content into the visible ones
 the student encodes, and the regression would partly become copying.
 
-The token LayerNorm / projection and the frontend are shared by student and teacher (data2vec 2.0's
-``ema_encoder_only``); the teacher input is detached, so targets never pass gradients.
+The frontend, token LayerNorm / projection and student encoder are the :class:`~a2v_het.model.backbone.Backbone`
+(``self.backbone``; the call detector fine-tunes the same module). The frontend and token norm / projection are
+shared by student and teacher (data2vec 2.0's ``ema_encoder_only``); the teacher input is detached, so targets never
+pass gradients. Parameter names stay ``frontend.*``, ``token_norm.*``, ``token_proj.*``, ``encoder.*``, ``decoder.*``,
+``mask_embedding`` (:func:`~a2v_het.model.backbone.adopt_parts`): the format of checkpoints and exports.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from a2v_het.data.collate import normalize_wave  # noqa: F401  (re-exported)
-from a2v_het.frontend.base import Frontend, FrontendOutput
+from a2v_het.frontend.base import Frontend
 from a2v_het.frontend.heterodyne_frontend import HeterodyneFrontend
+from a2v_het.model.backbone import Backbone, adopt_parts
 from a2v_het.model.config import ModelConfig
 from a2v_het.model.decoder import Decoder
 from a2v_het.model.ema import EMATeacher, ema_decay_at
-from a2v_het.model.encoder import Encoder
 from a2v_het.model.masking import compute_mask, restore, visible_positions
 from a2v_het.model.param_groups import weight_decay_groups
 from a2v_het.model.targets import build_targets
@@ -60,14 +63,12 @@ class Data2VecModel(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.frontend = frontend
-        d = cfg.embed_dim
-        # Always normalise the tokens: their scale is whatever the frontend makes, and it feeds the teacher directly.
-        self.token_norm = nn.LayerNorm(frontend.dim)
-        self.token_proj = nn.Linear(frontend.dim, d) if frontend.dim != d else nn.Identity()
-        self.encoder = Encoder(cfg)
+        # Construction order = initialisation order from the global RNG: backbone (token projection, encoder), then
+        # decoder, then mask embedding. The parts are registered here too (self.frontend, self.token_norm,
+        # self.token_proj, self.encoder: the names and the parameter order of checkpoints and of the optimizer).
+        adopt_parts(self, "backbone", Backbone(cfg, frontend))
         self.decoder = Decoder(cfg)
-        self.mask_embedding = nn.Parameter(torch.empty(d).normal_(std=0.02))
+        self.mask_embedding = nn.Parameter(torch.empty(cfg.embed_dim).normal_(std=0.02))
         # A plain attribute (EMATeacher is not an nn.Module): excluded from parameters() and state_dict().
         self.teacher = EMATeacher(self.encoder)
 
@@ -107,15 +108,6 @@ class Data2VecModel(nn.Module):
         return decay
 
     # ------------------------------------------------------------------------------------------------ pieces
-    def _tokens(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, FrontendOutput]:
-        """wave (B, T) -> tokens (B, N, D), padding_mask (B, N) bool, the raw frontend output."""
-        lengths = torch.as_tensor(lengths, device=wave.device).long()
-        if self.cfg.z_normalize:
-            wave = normalize_wave(wave, lengths).to(wave.dtype)
-        out = self.frontend(wave, sample_rate, lengths)
-        tokens = self.token_proj(self.token_norm(out.tokens))
-        return tokens, out.padding_mask.bool(), out
-
     def student_inputs(self, x: Tensor, padding_mask: Tensor, mask: Tensor, positions: Tensor | None = None) -> Tensor:
         """What the student's blocks see: x (R, N, D) tokens of R clones, padding_mask (R, N) True = pad, mask (R, N)
         True = masked (equal count per row), positions (R, V) visible indices (from the mask when None)
@@ -181,7 +173,7 @@ class Data2VecModel(nn.Module):
         """
         c = self.cfg
         m = c.clone_batch
-        tokens, padding_mask, out = self._tokens(wave, sample_rate, lengths)
+        tokens, padding_mask, out = self.backbone.tokens(wave, sample_rate, lengths)
         b, n, _ = tokens.shape
 
         # The one device -> host copy of the step: the padding mask, for the masks (drawn on the CPU, where the
@@ -264,10 +256,8 @@ class Data2VecModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ inference
     def encode(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
         """Student encoder on the unmasked clips (fine-tuning / probing): final (B, N, D), layer_outputs (``depth``
-        x (B, N, D) FFN outputs), padding_mask (B, N) True = pad."""
-        tokens, padding_mask, _ = self._tokens(wave, sample_rate, lengths)
-        final, layers = self.encoder(self.encoder.add_position(tokens, padding_mask), padding_mask)
-        return final, layers, padding_mask
+        x (B, N, D) FFN outputs), padding_mask (B, N) True = pad (:meth:`Backbone.encode`)."""
+        return self.backbone.encode(wave, sample_rate, lengths)
 
     # ---- the training loop's contract (a2v_het.train.objective.Objective); also ema_step, check_collapse,
     # teacher_state_dict, load_teacher_state_dict and param_groups

@@ -1,10 +1,11 @@
 """Fine-tuning for call detection through the pretraining loop (``a2v_het.train.loop.pretrain``).
 
-``FinetuneConfig`` (:mod:`a2v_het.recipe`) has the pretraining sections plus ``finetune``;
-:func:`a2v_het.train.objective.build_objective` gives the loop a :class:`FinetuneObjective` (a :class:`CallDetector`
-whose ``forward`` returns the masked frame loss from the batch's events), so checkpoints, resume, preemption, logging and export are the pretraining ones. After the
-last step, rank 0 evaluates on the val split (tuning per-class thresholds) and the test split when present and
-writes ``eval.json`` / ``eval.md`` to the run folder.
+``FinetuneConfig`` (:mod:`a2v_het.recipe`) holds the run sections a pretraining recipe has plus ``finetune``;
+:func:`a2v_het.train.objective.build_objective` gives the loop a :class:`FinetuneObjective` (it holds a
+:class:`CallDetector`; its ``forward`` returns the masked frame loss from the batch's events), so checkpoints,
+resume, preemption, logging and export are the pretraining ones. After the last step, rank 0 evaluates on the val
+split (tuning per-class thresholds) and the test split when present and writes ``eval.json`` / ``eval.md`` to the
+run folder.
 
     a2v-het finetune recipes/synthetic_finetune.yaml [key=value ...]
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from torch import Tensor
+from torch import Tensor, nn
 
 from a2v_het.atomic import atomic_write_text
 from a2v_het.config import ConfigError, config_from_dict, load_config
@@ -30,6 +31,7 @@ from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval.evaluate import evaluate_checkpoint, format_report
 from a2v_het.frontend import Frontend
 from a2v_het.frontend.heterodyne_frontend import HeterodyneFrontend
+from a2v_het.model.backbone import adopt_parts
 from a2v_het.model.classifier import CallDetector, sigmoid_focal_loss
 from a2v_het.model.mixup import bc_mixup
 from a2v_het.model.param_groups import weight_decay_groups
@@ -45,7 +47,7 @@ def build_finetune_objective(cfg: FinetuneConfig) -> "FinetuneObjective":
         raise ConfigError("finetune.classes is empty: resolve it from the manifest first (finetune() does)")
     obj = FinetuneObjective(cfg)
     if cfg.finetune.init:
-        obj.load_pretrained(cfg.finetune.init)
+        obj.detector.load_pretrained(cfg.finetune.init)
     return obj
 
 
@@ -57,12 +59,17 @@ def mix_targets(targets: Tensor, partner: Tensor, ratio: Tensor) -> Tensor:
     return r * targets.float() + (1.0 - r) * targets.float()[partner]
 
 
-class FinetuneObjective(CallDetector):
-    """The loop's objective: ``forward(wave, rates, lengths, step, events=, labelled=)`` -> (loss, logs)."""
+class FinetuneObjective(nn.Module):
+    """The loop's objective (:class:`a2v_het.train.objective.Objective`) around a :class:`CallDetector`
+    (``self.detector``): ``forward(wave, rates, lengths, step, events=, labelled=)`` -> (loss, logs)."""
 
     def __init__(self, cfg: FinetuneConfig):
+        super().__init__()
         f = cfg.finetune
-        super().__init__(cfg.model, cfg.frontend, len(f.classes), f.top_k, f.dropout, f.freeze_frontend)
+        # The detector's parts are registered here too (adopt_parts): the names and order of its parameters are the
+        # detector's, so a fine-tune checkpoint loads into a bare CallDetector.
+        adopt_parts(self, "detector", CallDetector(cfg.model, cfg.frontend, len(f.classes), f.top_k, f.dropout,
+                                                   f.freeze_frontend))
         self.classes = list(f.classes)
         self.ft = f
 
@@ -71,7 +78,8 @@ class FinetuneObjective(CallDetector):
 
     @property
     def coverage_frontend(self) -> Frontend | None:
-        return self.frontend if isinstance(self.frontend, HeterodyneFrontend) else None
+        frontend = self.detector.frontend
+        return frontend if isinstance(frontend, HeterodyneFrontend) else None
 
     def batch_inputs(self, batch: dict, device: torch.device) -> dict:
         return {"events": batch["events"], "labelled": batch["labelled"]}
@@ -80,8 +88,8 @@ class FinetuneObjective(CallDetector):
         return 0.0 if group.get("name") == "backbone" and step < self.ft.warmup_classifier_steps else 1.0
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        return (weight_decay_groups(self.backbone_parameters(), weight_decay, name="backbone")
-                + weight_decay_groups(self.head.parameters(), weight_decay, name="head"))
+        return (weight_decay_groups(self.detector.backbone_parameters(), weight_decay, name="backbone")
+                + weight_decay_groups(self.detector.head.parameters(), weight_decay, name="head"))
 
     def ema_step(self, step: int) -> float:
         return 0.0  # no teacher
@@ -97,7 +105,7 @@ class FinetuneObjective(CallDetector):
 
     # ---- loss
     def frame_targets(self, events: list, n_frames: int, device: torch.device) -> Tensor:
-        t = np.stack([events_to_frame_targets(ev, self.classes, n_frames, self.token_rate, unknown="ignore")
+        t = np.stack([events_to_frame_targets(ev, self.classes, n_frames, self.detector.token_rate, unknown="ignore")
                       for ev in events]) if events else np.zeros((0, n_frames, len(self.classes)), np.float32)
         return torch.from_numpy(t).to(device)
 
@@ -111,7 +119,7 @@ class FinetuneObjective(CallDetector):
         if self.ft.bc_mixup and self.training:
             wave, lengths, partner, ratio = bc_mixup(wave, lengths, sample_rate, None)
         warmup = self.training and step < self.ft.warmup_classifier_steps
-        logits, pad = self.logits(wave, sample_rate, lengths, step, backbone_grad=not warmup)
+        logits, pad = self.detector.logits(wave, sample_rate, lengths, step, backbone_grad=not warmup)
         targets = self.frame_targets(events, logits.shape[1], logits.device)
         valid = ~pad & labelled[:, None]
         if partner is not None:

@@ -2,7 +2,9 @@
 
 :class:`Objective` is the loop's whole contract with an objective; three implement it: the data2vec model
 (:class:`~a2v_het.model.data2vec.Data2VecModel`), the frontend alone on its coverage losses (:class:`CoverageObjective`)
-and the call detector being fine-tuned (:class:`~a2v_het.train.finetune.FinetuneObjective`). The loop calls these
+and the call detector being fine-tuned (:class:`~a2v_het.train.finetune.FinetuneObjective`, which holds a
+:class:`~a2v_het.model.classifier.CallDetector`; the detector and the data2vec model share the
+:class:`~a2v_het.model.backbone.Backbone`). The loop calls these
 members and nothing else (no ``hasattr`` dispatch, no test of the frontend's name); ``build_objective`` picks one.
 """
 
@@ -113,7 +115,7 @@ class CoverageObjective(nn.Module):
         raise TypeError("the coverage objective has no teacher")
 
 
-def build_objective(cfg: PretrainConfig) -> Objective:
+def build_objective(cfg: PretrainConfig | FinetuneConfig) -> Objective:
     """The loop's objective for ``cfg``: the fine-tune detector for a FinetuneConfig, else ``train.objective``."""
     if isinstance(cfg, FinetuneConfig):
         return build_finetune_objective(cfg)
