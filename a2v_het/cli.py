@@ -1,6 +1,7 @@
 """``a2v-het``: the command line.
 
     a2v-het pretrain RECIPE [key=value ...]        train (or resume) the recipe; the run folder is train.run_dir
+                                                   (the synthetic shards a recipe names are written first: make_data)
     a2v-het launch RECIPE --nodes N --gpus-per-node G [...] [key=value ...]   the same job through submitit
     a2v-het coverage --checkpoint C --data DIR     the heterodyne frontend's coverage table by sample rate
                      [--picker NAME]               ... or of its untrained start or a non-learned picker
@@ -26,17 +27,77 @@ import json
 import sys
 
 
+def make_data(cfg, is_main: bool | None = None) -> bool:
+    """The data step before training: the synthetic shards a recipe names (``data.synthesize_if_missing``: train at
+    ``data.shards``, eval at unseen rates beside it, see :func:`a2v_het.train.loop.eval_shards`) where they are
+    missing, written by :func:`data_tools.synth.ensure_synth_shards`; nothing for any other recipe. Every rank of a
+    job runs it (srun tasks, torchrun): rank 0 writes, the others wait for the manifests (``is_main``: None = from
+    the rank variables). The training loop itself writes no data.
+
+    A SIGUSR2/SIGTERM that comes meanwhile does not kill the writer (the loop's flag-setting handlers are in place);
+    the step finishes, then nothing trains and rank 0 asks SLURM for the requeue, as the loop would. Returns False
+    then (stop), else True."""
+    from a2v_het.train import preemption
+    from a2v_het.train.distributed import dist_env_from
+    from a2v_het.train.loop import eval_shards
+    from data_tools.synth import ensure_synth_shards
+
+    d = cfg.data
+    if not d.synthesize_if_missing:
+        return True
+    is_main = dist_env_from().is_main if is_main is None else is_main
+    preemption.install_handlers()
+    try:
+        ensure_synth_shards(d.shards, eval_shards(cfg), d.synth_preset, d.synth_clips, d.synth_eval_clips,
+                            d.synth_sample_rates, d.synth_eval_sample_rates, d.duration_s, seed=d.synth_seed,
+                            train_split=d.train_split, eval_split=d.eval_split, is_main=is_main)
+    finally:
+        preemption.restore_handlers()  # the loop installs its own (one call per run)
+    if preemption.stop_requested():
+        print(f"[a2v-het] stopped by {preemption.stop_reason()} while writing the data, before training", flush=True)
+        preemption.requeue_if_preempted(is_main)
+        return False
+    return True
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from a2v_het.config import ConfigError
+    from a2v_het.config import ConfigError, load_config
+    from a2v_het.recipe import PretrainConfig
     from a2v_het.train.loop import main_from_cli
 
     try:
+        cfg = load_config(PretrainConfig, args.recipe, args.overrides)
+        cfg.validate()
+        if not make_data(cfg):
+            return 0
         run_dir = main_from_cli(args.recipe, args.overrides)
     except ConfigError as e:
         print(f"a2v-het pretrain: {e}", file=sys.stderr)
         return 2
     print(f"[a2v-het] run folder: {run_dir}")
     return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from a2v_het.config import ConfigError, load_config
+    from a2v_het.recipe import FinetuneConfig
+    from a2v_het.train import finetune as finetune_cmd
+
+    try:  # the data section is the recipe's own (an init export replaces only model and frontend)
+        cfg = load_config(FinetuneConfig, args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"a2v-het finetune: {e}", file=sys.stderr)
+        return 2
+    if not make_data(cfg):
+        return 0
+    return finetune_cmd.run(args)
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from a2v_het.train import launch
+
+    # at submission, in this one process: the job's ranks (submitit) find the data in place
+    return launch.run(args, prepare=lambda cfg: make_data(cfg, is_main=True))
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
@@ -105,13 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     la = sub.add_parser("launch", help="submit a recipe to SLURM through submitit (requeued on time-out and preemption)")
     launch.add_args(la)
-    la.set_defaults(func=launch.run)
+    la.set_defaults(func=_cmd_launch)
 
     from a2v_het.train import finetune as finetune_cmd
 
     ft = sub.add_parser("finetune", help="fine-tune a call detector (frame-level multi-label) through the training loop")
     finetune_cmd.add_args(ft)
-    ft.set_defaults(func=finetune_cmd.run)
+    ft.set_defaults(func=_cmd_finetune)
     from a2v_het.eval import evaluate as evaluate_cmd
 
     ev = sub.add_parser("evaluate", help="frame mAP + event P/R/F1 of a fine-tuned detector (thresholds tuned on val)")

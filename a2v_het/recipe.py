@@ -35,7 +35,9 @@ class DataConfig:
     eval_batches: int = 8
     """Batches of the eval split used for the periodic coverage table and band plots."""
     synthesize_if_missing: bool = False
-    """Create synthetic shards with ``python -m data_tools synth`` when ``shards`` has no manifest."""
+    """Before training, ``a2v-het pretrain | finetune | launch`` write synthetic shards (the ``synth_*`` keys;
+    :func:`data_tools.synth.ensure_synth_shards`) into ``shards`` and its eval folder where they have no manifest;
+    the training loop writes no data."""
     synth_preset: Literal["basic", "field", "field_hard"] = "basic"
     synth_clips: int = 2000
     synth_eval_clips: int = 350

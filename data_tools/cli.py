@@ -4,6 +4,7 @@
     python -m data_tools annotations IN... --format raven|audacity|sonic-visualiser|csv --out table.csv
     python -m data_tools inspect DIR [--png out.png] [--json]
     python -m data_tools synth OUT_DIR [--preset basic|field] [--clips N]
+    python -m data_tools synth-calls OUT_DIR [--recordings N]   one labelled clip per synthetic call (a probe set)
 
 Exit status: 0 success; 2 usage error (bad option or input that stops the run); 3 done, but some input was skipped
 (listed in OUT_DIR/report.txt for ``shard``, on stderr for ``annotations``); 1 ``shard`` could not write some shards
@@ -267,8 +268,36 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_run_inspect)
 
 
+def _run_synth_calls(args: argparse.Namespace, command: str) -> int:  # noqa: ARG001
+    from data_tools.synth import write_synthetic_calls
+
+    print(write_synthetic_calls(args.out_dir, args.recordings, args.seed, args.sample_rates, args.duration))
+    return 0
+
+
+def _add_synth_calls(subparsers: argparse._SubParsersAction) -> None:
+    from data_tools.synth import DEFAULT_SAMPLE_RATES
+
+    parser = subparsers.add_parser(
+        "synth-calls",
+        help="a call-type classification set: one labelled FLAC clip per call of synthetic field recordings",
+        description="Cut every call of synthetic field recordings into its own FLAC clip (OUT_DIR/audio) and write "
+                    "OUT_DIR/labels.csv (file, label = call type, group = recording) for `a2v-het probe --labels`.",
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (audio/ and labels.csv)")
+    parser.add_argument("--recordings", type=_positive_int, default=100,
+                        help="synthetic field recordings to cut (default %(default)s)")
+    parser.add_argument("--duration", type=_positive_float, default=3.0,
+                        help="seconds per recording (default %(default)s)")
+    parser.add_argument("--sample-rates", type=_sample_rates, default=list(DEFAULT_SAMPLE_RATES),
+                        help="comma-separated rates in Hz, one drawn per recording (default "
+                             f"{','.join(map(str, DEFAULT_SAMPLE_RATES))})")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; same arguments give identical clips")
+    parser.set_defaults(func=_run_synth_calls)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_shard, _add_annotations, _add_inspect,
-                                                                   _add_synth]
+                                                                   _add_synth, _add_synth_calls]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,17 +23,24 @@ Frequencies are drawn log-uniformly, as animal calls spread over octaves rather 
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 from scipy.interpolate import PchipInterpolator
 from scipy.signal.windows import tukey
 from tqdm import tqdm
+
+from a2v_het.atomic import atomic_open, atomic_write_text
+from a2v_het.data.manifest import MANIFEST_NAME
 
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES, ShardWriter
 
@@ -592,3 +599,75 @@ def write_synth_shards(
             fields = {"recording_id": f"synth-{preset}-{i:06d}", "labelled": True, "events": events, "meta": meta}
             writer.write(audio, sample_rate, fields, split)
     return Path(out_dir) / "manifest.json"
+
+
+def ensure_synth_shards(
+    train_dir: str | os.PathLike,
+    eval_dir: str | os.PathLike,
+    preset: str,
+    n_clips: int,
+    n_eval_clips: int,
+    sample_rates: Sequence[int],
+    eval_sample_rates: Sequence[int],
+    duration_s: float,
+    seed: int = 0,
+    train_split: str = "train",
+    eval_split: str = "val",
+    *,
+    is_main: bool = True,
+    wait_s: float = 3600.0,
+    poll_s: float = 2.0,
+) -> None:
+    """The data step of a recipe with ``data.synthesize_if_missing``: write the synthetic training shards
+    (``n_clips`` at ``sample_rates``, ``seed``) into ``train_dir`` and the eval shards (``n_eval_clips`` at the
+    unseen ``eval_sample_rates``, ``seed + 1``) into ``eval_dir``, each only where its ``manifest.json`` is missing
+    (a folder that has one is left as it is). ``a2v-het pretrain | finetune | launch`` run it before training starts.
+
+    Several processes of one job may call it (srun tasks, torchrun ranks, all on a shared file system): the one
+    with ``is_main`` writes, the others wait (up to ``wait_s``) until both manifests exist. The writer puts the
+    manifest last, so a folder with one is complete."""
+    train_dir, eval_dir = Path(train_dir), Path(eval_dir)
+    manifests = (train_dir / MANIFEST_NAME, eval_dir / MANIFEST_NAME)
+    if not is_main:
+        t0 = time.time()
+        while not all(m.is_file() for m in manifests):
+            if time.time() - t0 > wait_s:
+                missing = [str(m) for m in manifests if not m.is_file()]
+                raise FileNotFoundError(f"{', '.join(missing)} did not appear within {wait_s:.0f} s (rank 0 writes "
+                                        "the synthetic shards; see its log)")
+            time.sleep(poll_s)
+        return
+    if not manifests[0].is_file():
+        print(f"[a2v-het] writing synthetic '{preset}' training shards to {train_dir}", flush=True)
+        write_synth_shards(train_dir, preset, n_clips, list(sample_rates), duration_s, seed=seed, split=train_split)
+    if not manifests[1].is_file():
+        print(f"[a2v-het] writing synthetic '{preset}' eval shards (unseen rates) to {eval_dir}", flush=True)
+        write_synth_shards(eval_dir, preset, n_eval_clips, list(eval_sample_rates), duration_s, seed=seed + 1,
+                           split=eval_split)
+
+
+def write_synthetic_calls(out: str | os.PathLike, n_recordings: int = 100, seed: int = 0,
+                          sample_rates: Sequence[int] = DEFAULT_SAMPLE_RATES, duration_s: float = 3.0,
+                          context_s: float = 0.05) -> Path:
+    """A call-type classification set from the synthetic field recordings (preset ``field``: 2-5 calls of the 6
+    types per recording at 0-20 dB SNR, overlaps allowed): every call of ``n_recordings`` recordings
+    (:func:`synth_clip` ``("field", seed, i, sample_rates, duration_s)``) becomes a clip from its onset -
+    ``context_s`` to its offset + ``context_s`` (seconds, inside the recording), written as FLAC at the recording's
+    rate and labelled with its call type; group = the recording. Writes OUT/audio/rec<i>_<k>.flac and
+    OUT/labels.csv (file, label, group), the labels table ``a2v-het probe --labels`` reads; returns OUT/labels.csv."""
+    out = Path(out)
+    (out / "audio").mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    table = csv.writer(buf, lineterminator="\n")
+    table.writerow(("file", "label", "group"))
+    for i in range(n_recordings):
+        sr, audio, events, _ = synth_clip("field", seed, i, list(sample_rates), duration_s)
+        for k, e in enumerate(events):
+            a = max(0, int(round((e["onset_s"] - context_s) * sr)))
+            b = min(audio.size, int(round((e["offset_s"] + context_s) * sr)))
+            path = out / "audio" / f"rec{i:04d}_{k}.flac"
+            with atomic_open(path, "wb") as fh:
+                sf.write(fh, audio[a:b], sr, format="FLAC", subtype="PCM_24")
+            table.writerow((str(path), e["label"], f"rec{i:04d}"))
+    atomic_write_text(out / "labels.csv", buf.getvalue())
+    return out / "labels.csv"

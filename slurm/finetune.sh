@@ -1,8 +1,8 @@
 #!/bin/bash
 # Fine-tune on a SLURM cluster: one task per GPU, every task runs `a2v-het finetune RECIPE key=value ...`.
 #
-# Resources, logs, rank variables and USR2 -> checkpoint -> requeue work exactly as in slurm/pretrain.sh, whose
-# header explains each part.
+# Resources, logs, synthetic data (rank 0 writes, the others wait), rank variables and USR2 -> checkpoint -> requeue
+# work exactly as in slurm/pretrain.sh, whose header explains each part.
 #
 #   mkdir -p logs && sbatch slurm/finetune.sh recipes/meerkat_finetune.yaml finetune.init=exports/meerkat
 #   mkdir -p logs && sbatch slurm/finetune.sh RECIPE [key=value ...]

@@ -23,6 +23,10 @@
 # with the same id and `a2v-het pretrain` resumes from the run folder's checkpoints/latest: step count, LR/EMA
 # schedules, data stream and wandb run continue. Send it by hand with `scancel --signal=USR2 JOBID`.
 #
+# Data: a recipe with data.synthesize_if_missing=true (recipes/smoke.yaml) has its synthetic shards written by the
+# CLI's data step before training starts (a2v_het.cli.make_data): every task runs it, rank 0 writes where a
+# manifest.json is missing, the other tasks wait for the manifests; the training loop itself writes no data.
+#
 # Rank variables: srun starts one process per task; a2v_het/train/distributed.py reads SLURM_PROCID,
 # SLURM_STEP_NUM_TASKS and SLURM_LOCALID; MASTER_ADDR (first host of the nodelist) and MASTER_PORT (from the job
 # id, so every task agrees without talking) are exported here. Set A2V_PYTHON to use another interpreter

@@ -1,6 +1,6 @@
 """The import rules of docs/architecture.md: every module of a2v_het/ and data_tools/ imports only the packages its
 row of the table allows (top-level and lazy imports alike), so the package graph has no cycles and nothing imports
-upward. An exception is listed below with its reason; remove it when the import goes."""
+upward. There are no exceptions: an import the table does not allow is moved, not listed."""
 
 import ast
 from pathlib import Path
@@ -30,16 +30,6 @@ ALLOWED: dict[str, set[str]] = {
     "a2v_het.cli": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe",
                            "a2v_het.eval", "a2v_het.train", "a2v_het.bench", "data_tools"},
 }
-
-# (importing module, imported module) -> why it is still there.
-EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("a2v_het.train.loop", "data_tools.synth"):
-        "data.synthesize_if_missing writes the synthetic shards from inside the loop (the one-command smoke run); "
-        "issue 14: a data_tools step the CLI runs before the loop",
-    ("a2v_het.eval.probe", "data_tools.synth"):
-        "the probe's synthetic call-type label set draws its clips with synth_clip; belongs in data_tools or bench",
-}
-
 
 def _modules():
     for top in ("a2v_het", "data_tools"):
@@ -119,14 +109,8 @@ def test_the_allowed_graph_has_no_cycles():
 def test_no_upward_imports():
     bad = [f"{path.relative_to(ROOT)}:{line}: {module} imports {target} ({src} may not import {dst})"
            for module, path, line, src, target, dst in _graph()
-           if dst not in ALLOWED.get(src, set()) and (module, target) not in EXCEPTIONS]
+           if dst not in ALLOWED.get(src, set())]
     assert not bad, "upward imports (see docs/architecture.md):\n" + "\n".join(bad)
-
-
-def test_every_listed_exception_still_exists():
-    seen = {(module, target) for module, _, _, _, target, _ in _graph()}
-    gone = [pair for pair in EXCEPTIONS if pair not in seen]
-    assert not gone, f"remove these from EXCEPTIONS (the import is gone): {gone}"
 
 
 def test_the_checker_sees_an_upward_import(tmp_path):

@@ -295,7 +295,7 @@ def test_launch_options_may_follow_the_recipe(monkeypatch):
     from a2v_het.train import launch
 
     seen = {}
-    monkeypatch.setattr(launch, "launch", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(launch, "launch", lambda args, prepare=None: seen.update(vars(args)) or 0)
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
     la = sub.add_parser("launch")
@@ -310,6 +310,71 @@ def test_launch_options_may_follow_the_recipe(monkeypatch):
     assert params["tasks_per_node"] == 8 and params["gpus_per_node"] == 8 and params["slurm_partition"] == "gpu"
     cpu = launch.executor_parameters(argparse.Namespace(**{**seen, "gpus_per_node": 0}), "a2v-x")
     assert cpu["tasks_per_node"] == 1 and "gpus_per_node" not in cpu
+
+
+# ----------------------------------------------------------------------------------------------- the data step
+
+def _smoke_cfg(tmp_path, *extra):
+    from a2v_het.config import load_config
+    from a2v_het.recipe import PretrainConfig
+
+    return load_config(PretrainConfig, str(SMOKE), [f"data.shards={tmp_path / 'synth'}", "data.synth_clips=2",
+                                                     "data.synth_eval_clips=2", "data.duration_s=0.5", *extra])
+
+
+def test_cli_data_step_writes_the_recipes_synthetic_shards(tmp_path, monkeypatch, clean_signals):
+    from a2v_het import cli
+
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "SLURM_PROCID", "SLURM_STEP_ID", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(k, raising=False)
+    assert cli.make_data(_smoke_cfg(tmp_path, "data.synthesize_if_missing=false"))
+    assert not (tmp_path / "synth").exists()  # a recipe without synthesize_if_missing: nothing written
+    assert cli.make_data(_smoke_cfg(tmp_path))
+    assert (tmp_path / "synth" / "manifest.json").is_file() and (tmp_path / "synth-eval" / "manifest.json").is_file()
+    assert signal.getsignal(signal.SIGUSR2) is not preemption._request_stop  # the loop installs its own
+
+
+def test_cli_data_step_other_ranks_wait(tmp_path, monkeypatch, clean_signals):
+    from a2v_het import cli
+
+    seen = {}
+    monkeypatch.setattr("data_tools.synth.ensure_synth_shards", lambda *a, **kw: seen.update(kw))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert cli.make_data(_smoke_cfg(tmp_path))
+    assert seen["is_main"] is False and seen["seed"] == 0 and seen["eval_split"] == "val"
+
+
+def test_usr2_during_the_data_step_stops_before_training(tmp_path, monkeypatch, capsys, clean_signals):
+    """The writer is not killed; once the shards are written nothing trains (outside SLURM: no requeue)."""
+    from a2v_het import cli
+
+    def write_then_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.05)
+
+    for k in ("RANK", "SLURM_JOB_ID", "SLURM_PROCID", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr("data_tools.synth.ensure_synth_shards", write_then_signal)
+    assert cli.make_data(_smoke_cfg(tmp_path)) is False
+    assert "stopped by signal SIGUSR2 while writing the data" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGUSR2) is not preemption._request_stop
+
+
+def test_launch_writes_the_data_at_submission_and_says_when_it_cannot(tmp_path, monkeypatch, capsys):
+    from a2v_het import cli
+    from a2v_het.train import launch
+
+    shards = tmp_path / "synth"
+    seen = []
+    monkeypatch.setattr(cli, "make_data", lambda cfg, is_main=None: seen.append((cfg.data.shards, is_main)) and False)
+    assert cli.main(["launch", str(SMOKE), "--gpus-per-node", "0", f"data.shards={shards}"]) == 0
+    assert seen == [(str(shards), True)]  # ran once, in the submitting process; False: nothing submitted
+    # without the CLI's data step (python -m a2v_het.train.launch) a missing synthetic set fails at submission
+    assert launch.main([str(SMOKE), "--gpus-per-node", "0", f"data.shards={shards}"]) == 2
+    err = capsys.readouterr().err
+    assert "no manifest.json" in err and "python -m data_tools synth" in err
 
 
 # ----------------------------------------------------------------------------------------------- USR2 end to end

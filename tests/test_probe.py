@@ -93,8 +93,7 @@ def test_probe_separates_distinct_sounds_and_not_shuffled_labels(tmp_path):
 def test_embed_then_probe_synthetic_field_call_types(encoder_export, tmp_path):
     """The commands: synthetic field recordings -> one clip per call (label = call type, group = recording) ->
     ``a2v-het embed`` -> ``a2v-het probe --json``; every call is a row, no recording on both sides."""
-    from a2v_het.eval.probe import write_synthetic_calls
-    from data_tools.synth import CALL_TYPES
+    from data_tools.synth import CALL_TYPES, write_synthetic_calls
 
     labels = write_synthetic_calls(tmp_path / "calls", n_recordings=30, seed=3)
     with open(labels, newline="") as fh:

@@ -185,6 +185,30 @@ def test_sbatch_one_node_two_tasks(slurm_cluster, tiny_shards, tmp_path):
     assert_ranks_in_sync(run_dir, 2)
 
 
+TINY_SYNTH = ("data.synth_clips=8", "data.synth_eval_clips=4")
+
+
+@pytest.mark.timeout(600)
+def test_sbatch_two_tasks_make_the_synthetic_data_once(slurm_cluster, tmp_path):
+    """A fresh checkout's smoke job: both srun tasks run the CLI's data step; rank 0 writes the synthetic shards
+    the recipe names, the other task waits for them; then both train."""
+    run_dir = tmp_path / "run"
+    shards = tmp_path / "data" / "synth"
+    log = tmp_path / "job.out"
+    job, state, code = run_job(["--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", "--gres=none", "--time=10",
+                                f"--output={log}", str(PRETRAIN_SH), str(SMOKE),
+                                *overrides(shards, run_dir, "train.max_steps=2", "train.save_every=2", *TINY_SYNTH)],
+                               tmp_path, run_dir, lambda j: log)
+    text = log.read_text()
+    assert (state, code) == ("COMPLETED", "0:0"), text[-8000:]
+    assert text.count("writing synthetic 'field' training shards") == 1, text[-8000:]
+    assert text.count("writing synthetic 'field' eval shards") == 1, text[-8000:]
+    assert json.loads((shards / "manifest.json").read_text())["splits"]["train"]["samples"] == 8
+    assert json.loads((Path(f"{shards}-eval") / "manifest.json").read_text())["splits"]["val"]["samples"] == 4
+    assert metric_steps(run_dir) == [1, 2]
+    assert_ranks_in_sync(run_dir, 2)
+
+
 @pytest.mark.timeout(600)
 def test_sbatch_finetune_two_tasks_evaluates_on_rank_zero(slurm_cluster, tiny_shards, tmp_path):
     """`sbatch slurm/finetune.sh RECIPE`: the detector trains on 2 ranks and rank 0 writes the evaluation."""
@@ -249,19 +273,24 @@ def test_sbatch_usr2_checkpoints_requeues_and_resumes(slurm_cluster, tiny_shards
 
 
 def launch_cmd(shards: Path, run_dir: Path, folder: Path, *extra: str) -> list[str]:
-    # `a2v-het launch` (a2v_het.cli wires the same module)
-    return [sys.executable, "-m", "a2v_het.train.launch", str(SMOKE), "--nodes", "1", "--gpus-per-node", "0",
+    # `a2v-het launch`: the CLI (its data step runs at submission) around a2v_het.train.launch
+    return [sys.executable, "-m", "a2v_het.cli", "launch", str(SMOKE), "--nodes", "1", "--gpus-per-node", "0",
             "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "10", "--folder", str(folder),
             *overrides(shards, run_dir, *extra)]
 
 
 @pytest.mark.timeout(600)
-def test_launch_through_submitit(slurm_cluster, tiny_shards, tmp_path):
+def test_launch_through_submitit(slurm_cluster, tmp_path):
+    """A recipe whose synthetic data is missing: `a2v-het launch` writes it at submission, the ranks train on it."""
     run_dir = tmp_path / "run"
     folder = tmp_path / "submitit"  # fresh per test: job ids restart at 1 on a fresh cluster
-    proc = subprocess.run([*launch_cmd(tiny_shards, run_dir, folder, "train.max_steps=4", "train.save_every=2"),
-                           "--wait"], cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=420)
+    shards = tmp_path / "data" / "synth"
+    proc = subprocess.run([*launch_cmd(shards, run_dir, folder, "train.max_steps=4", "train.save_every=2",
+                                       *TINY_SYNTH), "--wait"],
+                          cwd=tmp_path, env=job_env(), capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.index(f"writing synthetic 'field' training shards to {shards}") < proc.stdout.index("submitted")
+    assert json.loads((shards / "manifest.json").read_text())["splits"]["train"]["samples"] == 8
     assert "done: step 4 / 4" in proc.stdout
     job = re.search(r"submitted job (\d+) \(slurm\)", proc.stdout).group(1)
     script = (folder / f"{job}_submission.sh").read_text()

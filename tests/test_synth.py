@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import threading
 
 import numpy as np
+import soundfile as sf
 import pytest
 from scipy.signal import spectrogram
 
 from data_tools.cli import main as cli_main
 from data_tools.shard_writer import read_manifest
-from data_tools.synth import BASIC_CALL_TYPES, CALL_TYPES, F_MIN_HZ, make_clip, parse_sample_rates, write_synth_shards
+from data_tools.synth import (
+    BASIC_CALL_TYPES,
+    CALL_TYPES,
+    F_MIN_HZ,
+    ensure_synth_shards,
+    make_clip,
+    parse_sample_rates,
+    synth_clip,
+    write_synth_shards,
+    write_synthetic_calls,
+)
 
 EVAL_RATES = [6000, 12000, 18000, 24000, 38000, 64000, 96000]
 
@@ -218,3 +231,69 @@ def test_cli_synth_writes_shards(tmp_path, capsys):
     assert cli_main(args) == 2
     assert "overwrite" in capsys.readouterr().err
     assert cli_main([*args, "--overwrite"]) == 0
+
+
+def _recipe_step(tmp_path, **kw):
+    args = dict(preset="field", n_clips=4, n_eval_clips=3, sample_rates=[8000, 16000], eval_sample_rates=[12000],
+                duration_s=0.5, seed=5)
+    ensure_synth_shards(tmp_path / "synth", tmp_path / "synth-eval", **{**args, **kw})
+
+
+def _same_shards(a, b):
+    man_a, man_b = read_manifest(a), read_manifest(b)
+    assert man_a["sha256"] == man_b["sha256"] and man_a["splits"] == man_b["splits"]
+
+
+def test_recipe_data_step_writes_what_is_missing_as_the_loop_did(tmp_path):
+    """The data step of data.synthesize_if_missing: train (seed) and unseen-rate eval (seed + 1) shards, the same
+    bytes as write_synth_shards with the recipe's arguments (what the loop wrote before the step moved out)."""
+    _recipe_step(tmp_path)
+    write_synth_shards(tmp_path / "ref", "field", 4, [8000, 16000], 0.5, seed=5, split="train")
+    write_synth_shards(tmp_path / "ref-eval", "field", 3, [12000], 0.5, seed=6, split="val")
+    _same_shards(tmp_path / "synth", tmp_path / "ref")
+    _same_shards(tmp_path / "synth-eval", tmp_path / "ref-eval")
+    assert set(read_manifest(tmp_path / "synth")["splits"]) == {"train"}
+    # a folder with a manifest is left alone; only the missing one is written again
+    before = (tmp_path / "synth" / "manifest.json").stat().st_mtime_ns
+    for path in (tmp_path / "synth-eval").iterdir():
+        path.unlink()
+    (tmp_path / "synth-eval").rmdir()
+    _recipe_step(tmp_path, n_clips=99)
+    assert (tmp_path / "synth" / "manifest.json").stat().st_mtime_ns == before
+    _same_shards(tmp_path / "synth-eval", tmp_path / "ref-eval")
+
+
+def test_recipe_data_step_other_ranks_wait_for_the_manifests(tmp_path):
+    with pytest.raises(FileNotFoundError, match="did not appear within"):
+        _recipe_step(tmp_path, is_main=False, wait_s=0.2, poll_s=0.05)
+    assert not (tmp_path / "synth").exists()  # a waiting rank writes nothing
+    writer = threading.Timer(0.3, _recipe_step, args=(tmp_path,))
+    writer.start()
+    try:
+        _recipe_step(tmp_path, is_main=False, wait_s=60, poll_s=0.05)
+    finally:
+        writer.join()
+    assert (tmp_path / "synth" / "manifest.json").is_file() and (tmp_path / "synth-eval" / "manifest.json").is_file()
+
+
+def test_synthetic_call_set_is_one_labelled_clip_per_call(tmp_path, capsys):
+    labels = write_synthetic_calls(tmp_path / "calls", n_recordings=4, seed=2, sample_rates=[8000, 22050],
+                                   duration_s=1.0)
+    with open(labels, newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert list(table[0]) == ["file", "label", "group"]
+    expected = []
+    for i in range(4):
+        sr, audio, events, _ = synth_clip("field", 2, i, [8000, 22050], 1.0)
+        for e in events:
+            expected.append((e["label"], f"rec{i:04d}", sr, e["offset_s"] - e["onset_s"]))
+    assert [(r["label"], r["group"]) for r in table] == [x[:2] for x in expected]
+    for row, (_, _, sr, length_s) in zip(table, expected):
+        info = sf.info(row["file"])
+        assert info.samplerate == sr and info.duration <= length_s + 0.1 + 2.0 / sr
+    # the same set from the command line
+    assert cli_main(["synth-calls", str(tmp_path / "cli"), "--recordings", "4", "--seed", "2", "--sample-rates",
+                     "8000,22050", "--duration", "1.0"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "labels.csv")
+    with open(tmp_path / "cli" / "labels.csv", newline="") as fh:
+        assert [(r["label"], r["group"]) for r in csv.DictReader(fh)] == [x[:2] for x in expected]

@@ -143,6 +143,33 @@ def test_two_process_gloo_run_keeps_ranks_in_sync(tiny_shards, tmp_path):
     assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5]
 
 
+def test_pretrain_makes_the_recipes_synthetic_data_before_the_loop(tmp_path):
+    """data.synthesize_if_missing: the CLI's data step writes train + unseen-rate eval shards, then the loop trains;
+    a rerun finds them and writes nothing. Without it, missing shards are an error saying how to make them."""
+    shards = tmp_path / "fresh" / "synth"
+    run_dir = tmp_path / "run"
+    args = ["pretrain", str(SMOKE), f"data.shards={shards}", f"train.run_dir={run_dir}", "data.synth_clips=8",
+            "data.synth_eval_clips=4", "data.duration_s=1.0", "data.batch_size=4", "data.num_workers=0",
+            "data.samples_per_epoch=8", "logging.wandb=disabled", "train.eval_every=0", "train.log_every=1",
+            "train.max_steps=2", "train.save_every=100"]
+    proc = run_cli(args, cwd=tmp_path)
+    assert f"writing synthetic 'field' training shards to {shards}" in proc.stdout
+    assert f"eval shards (unseen rates) to {shards}-eval" in proc.stdout
+    assert json.loads((shards / "manifest.json").read_text())["splits"]["train"]["samples"] == 8
+    assert json.loads((Path(f"{shards}-eval") / "manifest.json").read_text())["splits"]["val"]["samples"] == 4
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2]
+    again = run_cli([*args, "train.max_steps=3"], cwd=tmp_path)
+    assert "writing synthetic" not in again.stdout and "resumed from step_00000002" in again.stdout
+
+    missing = tmp_path / "nowhere"
+    proc = run_cli(["pretrain", str(SMOKE), f"data.shards={missing}", f"train.run_dir={tmp_path / 'r2'}",
+                    "data.synthesize_if_missing=false", "logging.wandb=disabled"], cwd=tmp_path, check=False,
+                   timeout=300)
+    assert proc.returncode != 0 and not missing.exists()
+    assert f"no manifest.json in data.shards={str(missing)!r}" in proc.stderr
+    assert "python -m data_tools shard" in proc.stderr and "data.synthesize_if_missing=true" in proc.stderr
+
+
 def test_unknown_recipe_key_is_a_clear_error(tmp_path):
     proc = run_cli(["pretrain", str(SMOKE), "train.max_step=3"], cwd=tmp_path, check=False, timeout=300)
     assert proc.returncode == 2

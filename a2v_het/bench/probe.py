@@ -1,7 +1,7 @@
 """``a2v-het bench probe --checkpoint NAME=RUN_OR_EXPORT ...``: linear probes (BEANS-style) of frozen embeddings, for
 every checkpoint given and for the same architecture at random initialisation, on two tasks:
 
-- **synthetic call types**: :func:`a2v_het.eval.probe.write_synthetic_calls` (``--synthetic-recordings`` field
+- **synthetic call types**: :func:`data_tools.synth.write_synthetic_calls` (``--synthetic-recordings`` field
   recordings of 3 s at 8-48 kHz -> one clip per call, 6 call types, grouped by recording), one window of
   ``--synthetic-window-s`` per clip (mean over its valid tokens);
 - **pykanto**: the 25 bundled recordings (22.05-48 kHz), 1 s windows every 0.5 s, labelled per recording
@@ -68,7 +68,8 @@ def run_bench(args) -> dict[str, Any]:
     import numpy as np
 
     from a2v_het.eval.embed import embed_files
-    from a2v_het.eval.probe import probe_folder, pykanto_labels, write_synthetic_calls
+    from a2v_het.eval.probe import probe_folder, pykanto_labels
+    from data_tools.synth import write_synthetic_calls
 
     seeds = [int(x) for x in str(args.seeds).split(",")]
     res: dict[str, Any] = {"machine": describe_machine("cpu"), "layers": args.layers, "seeds": seeds, "rows": []}

@@ -31,7 +31,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from a2v_het.atomic import atomic_open
 from a2v_het.config import atomic_write_text
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
@@ -165,34 +164,6 @@ def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     w.writerow(header)
     w.writerows(rows)
     return buf.getvalue()
-
-
-def write_synthetic_calls(out: str | Path, n_recordings: int = 100, seed: int = 0,
-                          sample_rates: Sequence[int] = (8000, 16000, 22050, 32000, 44100, 48000),
-                          duration_s: float = 3.0, context_s: float = 0.05) -> Path:
-    """A call-type classification set from the synthetic field recordings (``data_tools synth --preset field``:
-    2-5 calls of the 6 types per recording at 0-20 dB SNR, overlaps allowed): every call of ``n_recordings``
-    recordings becomes a clip from its onset - ``context_s`` to its offset + ``context_s`` (seconds, inside the
-    recording), written as FLAC at the recording's rate and labelled with its call type; group = the recording.
-    Writes OUT/audio/rec<i>_<k>.flac and OUT/labels.csv (file, label, group); returns OUT/labels.csv."""
-    import soundfile as sf
-
-    from data_tools.synth import synth_clip
-
-    out = Path(out)
-    (out / "audio").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_recordings):
-        sr, audio, events, _ = synth_clip("field", seed, i, list(sample_rates), duration_s)
-        for k, e in enumerate(events):
-            a = max(0, int(round((e["onset_s"] - context_s) * sr)))
-            b = min(audio.size, int(round((e["offset_s"] + context_s) * sr)))
-            path = out / "audio" / f"rec{i:04d}_{k}.flac"
-            with atomic_open(path, "wb") as fh:
-                sf.write(fh, audio[a:b], sr, format="FLAC", subtype="PCM_24")
-            rows.append((str(path), e["label"], f"rec{i:04d}"))
-    atomic_write_text(out / "labels.csv", _csv_text(("file", "label", "group"), rows))
-    return out / "labels.csv"
 
 
 def pykanto_labels(root: str | Path, out_csv: str | Path) -> Path:

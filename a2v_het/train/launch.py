@@ -4,7 +4,9 @@
                    [--folder F] [--wait] [key=value ...]
 
 The same job as ``sbatch slurm/pretrain.sh`` (one task per GPU, every task runs the training loop with the rank
-variables of its srun task), built by submitit's AutoExecutor. The submitted callable is :class:`PretrainJob`, a
+variables of its srun task), built by submitit's AutoExecutor. The synthetic shards a recipe names
+(``data.synthesize_if_missing``) are written before submission, in the submitting process (the CLI's data step,
+passed in as ``prepare``); the job's ranks find them in place. The submitted callable is :class:`PretrainJob`, a
 ``submitit.helpers.Checkpointable``: ``__call__`` runs (or resumes) the recipe, ``checkpoint()`` returns a
 ``DelayedSubmission`` of the same job, which submitit pickles before it requeues, so the requeued job calls
 ``PretrainJob`` again and the loop resumes from the run folder's ``checkpoints/latest``.
@@ -24,10 +26,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import submitit
 
 from a2v_het.runs import completed_step, is_finished
+
+if TYPE_CHECKING:
+    from a2v_het.recipe import PretrainConfig
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
@@ -114,11 +120,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.usage = inner.format_usage().replace("usage: ", "", 1)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, prepare: Callable[[PretrainConfig], bool] | None = None) -> int:
     argv = getattr(args, "argv", None)
     if argv is not None:
         args = build_parser().parse_intermixed_args(argv)
-    return launch(args)
+    return launch(args, prepare)
 
 
 def executor_parameters(args: argparse.Namespace, job_name: str) -> dict:
@@ -149,7 +155,10 @@ def executor_parameters(args: argparse.Namespace, job_name: str) -> dict:
     return params
 
 
-def launch(args: argparse.Namespace) -> int:
+def launch(args: argparse.Namespace, prepare: Callable[[PretrainConfig], bool] | None = None) -> int:
+    """Submit the job; ``prepare(cfg)`` runs first, in this process (``a2v-het launch`` passes the CLI's data step,
+    :func:`a2v_het.cli.make_data`, so the synthetic shards a recipe names exist before any rank starts; False =
+    do not submit)."""
     from a2v_het.config import ConfigError, load_config
     from a2v_het.train.config import PretrainConfig
 
@@ -158,6 +167,15 @@ def launch(args: argparse.Namespace) -> int:
         cfg.validate()
     except ConfigError as e:
         print(f"a2v-het launch: {e}", file=sys.stderr)
+        return 2
+    if prepare is not None:
+        if not prepare(cfg):
+            return 0
+    elif cfg.data.synthesize_if_missing and not (Path(cfg.data.shards) / "manifest.json").is_file():
+        # the training loop writes no data: without the CLI's data step the job would fail in the queue
+        print(f"a2v-het launch: data.shards={cfg.data.shards!r} has no manifest.json; `a2v-het launch` (a2v_het.cli) "
+              f"writes the synthetic shards the recipe names before it submits, or make them with "
+              f"`python -m data_tools synth {cfg.data.shards}`", file=sys.stderr)
         return 2
     workdir = os.getcwd()
     run_dir = Path(cfg.train.run_dir)

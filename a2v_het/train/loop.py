@@ -37,28 +37,26 @@ from a2v_het.train.schedule import cosine_with_warmup
 MAX_CONSECUTIVE_SKIPPED_STEPS = 50
 
 
-def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:
-    """Create the synthetic shards named by the recipe when asked to and absent (rank 0; the others wait)."""
-    data = cfg.data
-    train_dir, eval_dir = Path(data.shards), Path(eval_shards(cfg))
-    if is_main and data.synthesize_if_missing:
-        # lazy: only recipes that synthesise their data import data_tools (a listed exception of docs/architecture.md)
-        from data_tools.synth import write_synth_shards
+def ensure_shards(cfg: PretrainConfig, is_main: bool) -> None:  # noqa: ARG001 (the callers pass their rank role)
+    """Fail clearly when the training shards are missing (every rank, after a barrier when the group is up).
 
-        if not (train_dir / "manifest.json").is_file():
-            print(f"[a2v-het] writing synthetic '{data.synth_preset}' training shards to {train_dir}", flush=True)
-            write_synth_shards(train_dir, data.synth_preset, data.synth_clips, list(data.synth_sample_rates),
-                               data.duration_s, seed=data.synth_seed, split=data.train_split)
-        if not (eval_dir / "manifest.json").is_file():
-            print(f"[a2v-het] writing synthetic '{data.synth_preset}' eval shards (unseen rates) to {eval_dir}",
-                  flush=True)
-            write_synth_shards(eval_dir, data.synth_preset, data.synth_eval_clips, list(data.synth_eval_sample_rates),
-                               data.duration_s, seed=data.synth_seed + 1, split=data.eval_split)
+    The loop writes no data. The synthetic shards a recipe names (``data.synthesize_if_missing``) are made before it
+    starts by the CLI's data step (:func:`data_tools.synth.ensure_synth_shards`, run by ``a2v-het pretrain``,
+    ``finetune`` and ``launch``)."""
+    train_dir = Path(cfg.data.shards)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     if not (train_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"no manifest.json in data.shards={str(train_dir)!r}; make shards with "
-                                "`python -m data_tools shard IN_DIR OUT_DIR` or set data.synthesize_if_missing=true")
+        where = f"data.shards={str(train_dir)!r}"
+        if cfg.data.synthesize_if_missing:
+            raise FileNotFoundError(
+                f"no manifest.json in {where}; with data.synthesize_if_missing=true the CLI (`a2v-het pretrain`, "
+                "`finetune`, `launch`) writes the synthetic shards before training starts, the loop on its own does "
+                f"not: run the recipe through the CLI or make them with `python -m data_tools synth {train_dir}`")
+        raise FileNotFoundError(
+            f"no manifest.json in {where}; make shards with `python -m data_tools shard IN_DIR {train_dir}` "
+            f"(recordings) or `python -m data_tools synth {train_dir}` (synthetic), or set "
+            "data.synthesize_if_missing=true to have `a2v-het pretrain` write synthetic ones before training")
 
 
 def eval_shards(cfg: PretrainConfig) -> str:
