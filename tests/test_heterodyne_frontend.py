@@ -176,3 +176,25 @@ def test_no_zero_dim_parameters():
         model = Data2VecModel(ModelConfig(embed_dim=32, depth=2, num_heads=2, decoder_dim=16, decoder_groups=4,
                                           average_top_k_layers=2), build_frontend(FrontendConfig(name=name, dim=32)))
         assert all(p.dim() >= 1 for p in model.parameters()), [n for n, p in model.named_parameters() if p.dim() == 0]
+
+
+def test_cpu_chunks_change_nothing(monkeypatch):
+    """Splitting the clips into CPU chunks (to reuse freed buffers instead of page-faulting new ones) gives the
+    same statistics, bands and tokens as one chunk per rate, for a batch of mixed rates and lengths."""
+    import a2v_het.frontend.cpu_chunks as cpu_chunks
+
+    torch.manual_seed(0)
+    fe = build_frontend(FrontendConfig(name="heterodyne"))
+    g = torch.Generator().manual_seed(1)
+    rates = torch.tensor([48000, 16000, 48000, 48000, 16000])
+    lengths = torch.tensor([144000, 40000, 100000, 144000, 48000])
+    wave = torch.randn(5, 144000, generator=g) * (torch.arange(144000)[None, :] < lengths[:, None])
+    outs = []
+    for chunk_samples in (1 << 30, 1):  # one chunk per rate group / one clip per chunk
+        monkeypatch.setattr(cpu_chunks, "CPU_CHUNK_SAMPLES", chunk_samples)
+        with torch.no_grad():
+            a = fe.analyze(wave, rates, lengths)
+            outs.append((a.stats.mean_power, a.stats.variance, a.stats.evidence, a.band_start_hz,
+                         fe(wave, rates, lengths).tokens))
+    for one, chunked in zip(*outs):
+        torch.testing.assert_close(chunked, one, rtol=1e-4, atol=1e-5)

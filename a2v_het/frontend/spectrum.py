@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from a2v_het.frontend.call_evidence import call_evidence, odd_cells
+from a2v_het.frontend.cpu_chunks import clip_chunks
 
 
 @dataclass
@@ -92,30 +93,38 @@ def _interp_onto_grid(power: Tensor, sample_rate: int, n_fft: int, n_grid: int, 
     return out * inside.to(power.dtype)[None, :, None]
 
 
-def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, window_s: float, hop_s: float):
-    """Yield (idx, power (b, n_fft//2+1, F_r), frame_valid (b, F_r), sr, n_fft) for each distinct rate, fp32."""
-    device = wave.device
+def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, window_s: float, hop_s: float,
+                        chunked: bool = False):
+    """Yield (idx, power (b, n_fft//2+1, F_r), frame_valid (b, F_r), sr, n_fft) for each distinct rate, fp32;
+    ``chunked``: for each CPU chunk of each rate's clips (:func:`a2v_het.frontend.cpu_chunks.clip_chunks`)."""
     for sr in sample_rate.unique().tolist():
-        idx = (sample_rate == sr).nonzero().flatten()
-        n_fft = max(4, int(round(window_s * sr)))
-        hop = max(1, int(round(hop_s * sr)))
-        lens = lengths[idx]
-        t_max = max(int(lens.max().item()), n_fft)
-        x = wave[idx, : min(t_max, wave.shape[1])].float()
-        if x.shape[1] < t_max:
-            x = torch.nn.functional.pad(x, (0, t_max - x.shape[1]))
-        window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
-        spec = torch.stft(x, n_fft, hop_length=hop, win_length=n_fft, window=window, center=False,
-                          return_complex=True)
-        # |X|^2 from the real and imaginary parts (5x faster than view_as_real), in place where nothing differentiates
-        # it: every fresh multi-MB temporary costs page faults.
-        if spec.requires_grad:
-            power = (spec.real.square() + spec.imag.square()) / window.sum().square()
-        else:
-            power = spec.real.square().addcmul_(spec.imag, spec.imag).div_(window.sum().square())
-        starts = torch.arange(power.shape[2], device=device) * hop
-        frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
-        yield idx, power, frame_valid, int(sr), n_fft
+        group = (sample_rate == sr).nonzero().flatten()
+        for idx in clip_chunks(group, int(lengths[group].max())) if chunked else [group]:
+            yield _stft_power(wave, idx, lengths, int(sr), window_s, hop_s)
+
+
+def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: float, hop_s: float):
+    """(idx, power (b, n_fft//2+1, F), frame_valid (b, F), sr, n_fft) of the clips ``idx``, all at ``sr`` Hz."""
+    device = wave.device
+    n_fft = max(4, int(round(window_s * sr)))
+    hop = max(1, int(round(hop_s * sr)))
+    lens = lengths[idx]
+    t_max = max(int(lens.max().item()), n_fft)
+    x = wave[idx, : min(t_max, wave.shape[1])].float()
+    if x.shape[1] < t_max:
+        x = torch.nn.functional.pad(x, (0, t_max - x.shape[1]))
+    window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
+    spec = torch.stft(x, n_fft, hop_length=hop, win_length=n_fft, window=window, center=False,
+                      return_complex=True)
+    # |X|^2 from the real and imaginary parts (5x faster than view_as_real), in place where nothing differentiates
+    # it: every fresh multi-MB temporary costs page faults.
+    if spec.requires_grad:
+        power = (spec.real.square() + spec.imag.square()) / window.sum().square()
+    else:
+        power = spec.real.square().addcmul_(spec.imag, spec.imag).div_(window.sum().square())
+    starts = torch.arange(power.shape[2], device=device) * hop
+    frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
+    return idx, power, frame_valid, int(sr), n_fft
 
 
 def _freq_valid(sample_rate: Tensor, n_grid: int, grid_hz: float) -> Tensor:
@@ -207,7 +216,8 @@ def grid_power_statistics(
         var_all = torch.zeros(b, n_grid, device=device)
         frames = torch.zeros(b, dtype=torch.long, device=device)
         evidence_all = torch.zeros(b, n_grid, device=device) if evidence is not None else None
-        for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s):
+        for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s,
+                                                                 chunked=True):
             columns = []
             if evidence is not None:
                 smooth_hz, smooth_s, margin, common_hz = evidence

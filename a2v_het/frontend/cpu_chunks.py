@@ -1,0 +1,24 @@
+"""Clip groups split into chunks on CPU, so each chunk's temporaries are reused instead of page-faulted in.
+
+glibc hands large blocks back to the kernel when they are freed (mmap for single blocks above its threshold, heap
+trimming above twice that), so a step that allocates tens of MB of short-lived spectrogram buffers at once pays a
+page fault for every 4 KiB of them, every step: measured, 4 ms of the statistics' 8 ms at 48 kHz (4 x 3 s, 2
+threads), as much as the arithmetic. Work split into chunks of about a megabyte reuses the same freed blocks from
+one chunk to the next. CUDA has a caching allocator, so there a group stays one chunk.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+CPU_CHUNK_SAMPLES = 1 << 18
+"""Samples (of the input wave) per chunk on CPU: 262144, one 3 s clip at 48-87 kHz, one clip in larger ones."""
+
+
+def clip_chunks(idx: Tensor, samples_per_clip: int) -> list[Tensor]:
+    """``idx`` (n,) clip indices -> consecutive chunks of them, each of at most CPU_CHUNK_SAMPLES samples (at least
+    one clip); a single chunk off the CPU."""
+    if idx.device.type != "cpu":
+        return [idx]
+    per_chunk = max(1, CPU_CHUNK_SAMPLES // max(1, samples_per_clip))
+    return list(idx.split(per_chunk))
