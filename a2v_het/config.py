@@ -3,16 +3,19 @@
 A recipe is a YAML mapping whose keys mirror the dataclass tree (``frontend.heterodyne.num_bands``). Anything a
 recipe does not name keeps its dataclass default, so recipes stay short and a default changes in one place.
 An unknown key is an error that names its dotted path and the nearest valid key, because a silently ignored typo
-(``lamda_energy``) costs a cluster run.
+(``energy_weigth``) costs a cluster run. A key that moved (:data:`MOVED_KEYS`) still loads, with a
+:class:`ConfigDeprecationWarning` naming its new place, so old run folders and recipes keep working.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +28,84 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the config tree."""
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A recipe, override or saved config uses a key that moved (:data:`MOVED_KEYS`); shown by default."""
+
+
+MOVED_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("model.lambda_energy", "frontend.heterodyne.energy_weight", "ModelConfig"),
+    ("model.lambda_surprise", "frontend.heterodyne.surprise_weight", "ModelConfig"),
+)
+"""(old dotted path, new dotted path, class of the old key's section): keys that moved, both paths from the root of
+a run config (PretrainConfig, FinetuneConfig). The value moves to the new path with a warning; given with the new
+key at once (in one recipe, or both on the command line) it is an error unless both agree. The old section loaded
+on its own (``config_from_dict(ModelConfig, tree["model"])`` of an old run folder) drops the key with a warning,
+since its new place is not part of what is loaded."""
+
+_MISSING = object()
+
+
+def _path_type(cls: type, parts: list[str]) -> Any:
+    """The annotated type at the dotted path ``parts`` under the dataclass ``cls``; None if there is no such field."""
+    tp: Any = cls
+    for part in parts:
+        tp = _unwrap_optional(tp)[0]
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = _field_types(tp).get(part)
+        if tp is None:
+            return None
+    return tp
+
+
+def _get_path(tree: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(tree, dict) or part not in tree:
+            return _MISSING
+        tree = tree[part]
+    return tree
+
+
+def _move_keys(cls: type, tree: dict[str, Any], source: str) -> dict[str, Any]:
+    """``tree`` with every :data:`MOVED_KEYS` old key at its new path (a copy if anything moved; see there)."""
+    copied = False
+    for old, new, section_cls in MOVED_KEYS:
+        *section, leaf = old.split(".")
+        if cls.__name__ == section_cls:  # the old key's section loaded on its own
+            section = []
+        else:
+            section_tp = _path_type(cls, section)
+            if getattr(_unwrap_optional(section_tp)[0], "__name__", None) != section_cls:
+                continue  # a config without that section: the key means nothing here
+        node = _get_path(tree, section)
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        if not copied:
+            tree, copied = copy.deepcopy(tree), True
+            node = _get_path(tree, section)
+        value = node.pop(leaf)
+        if not section:
+            warnings.warn(f"{source}: config key {old!r} is deprecated, it is now {new!r}; ignored here "
+                          f"({cls.__name__} is loaded without that section)", ConfigDeprecationWarning, stacklevel=3)
+            continue
+        *new_section, new_leaf = new.split(".")
+        existing = _get_path(tree, new.split("."))
+        if existing is not _MISSING and existing != value:
+            raise ConfigError(f"{source}: {old!r} (deprecated) = {value!r} and {new!r} = {existing!r} are both set; "
+                              f"keep only {new!r}")
+        target = tree
+        for part in new_section:
+            if target.get(part) is None:  # absent, or an empty YAML section
+                target[part] = {}
+            if not isinstance(target[part], dict):
+                raise ConfigError(f"{source}: {'.'.join(new_section)!r} must be a mapping to take {old!r}")
+            target = target[part]
+        target[new_leaf] = value
+        warnings.warn(f"{source}: config key {old!r} is deprecated, use {new!r} (the value {value!r} was moved "
+                      "there)", ConfigDeprecationWarning, stacklevel=3)
+    return tree
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -105,8 +186,14 @@ def _merge(base: T, overrides: dict[str, Any], prefix: str = "") -> T:
     for key, value in overrides.items():
         path = f"{prefix}{key}"
         if key not in types_:
+            moved = {old: new for old, new, _ in MOVED_KEYS}.get(path)
             near = difflib.get_close_matches(str(key), list(types_), n=1, cutoff=0.5)
-            hint = f"; did you mean {prefix + near[0]!r}?" if near else f"; valid keys: {sorted(types_)}"
+            if moved:
+                hint = f"; it moved to {moved!r}"
+            elif near:
+                hint = f"; did you mean {prefix + near[0]!r}?"
+            else:
+                hint = f"; valid keys: {sorted(types_)}"
             raise ConfigError(f"unknown config key {path!r}{hint}")
         current = getattr(base, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):
@@ -161,9 +248,9 @@ def load_config(cls: type[T], recipe: str | os.PathLike | None = None, overrides
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"recipe {str(path)!r} must be a YAML mapping, got {type(loaded).__name__}")
-        tree = loaded
+        tree = _move_keys(cls, loaded, f"recipe {str(path)!r}")
     if overrides:
-        tree = _deep_update(tree, parse_overrides(overrides))
+        tree = _deep_update(tree, _move_keys(cls, parse_overrides(overrides), "command line"))
     return _merge(cls(), tree)
 
 
@@ -179,8 +266,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[T], tree: dict[str, Any]) -> T:
-    """Rebuild a config saved by :func:`save_config` (the full tree, so every key must still exist)."""
-    return _merge(cls(), tree)
+    """Rebuild a config saved by :func:`save_config` (the full tree, so every key must still exist, or have moved:
+    :data:`MOVED_KEYS`)."""
+    return _merge(cls(), _move_keys(cls, tree, "saved config"))
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

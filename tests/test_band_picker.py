@@ -39,7 +39,7 @@ def batch(clips):
 
 def train_picker(fe, steps=40, clips=6, seconds=2.0, lr=3e-3, seed=0):
     """A short coverage training on synthetic field clips at the training rates; returns the final loss."""
-    objective = CoverageObjective(fe, 1.0, 1.0)
+    objective = CoverageObjective(fe)
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=lr)
     rng = np.random.default_rng(seed)
     loss = None

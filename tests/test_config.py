@@ -1,11 +1,14 @@
 """Typed configs: YAML overrides, key=value, unknown keys with their path and the nearest valid name."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 
-from a2v_het.config import ConfigError, config_from_dict, config_to_dict, load_config, parse_overrides, save_config
+from a2v_het.config import (ConfigDeprecationWarning, ConfigError, _merge, config_from_dict, config_to_dict,
+                            load_config, parse_overrides, save_config)
+from a2v_het.model.config import ModelConfig
 from a2v_het.train.config import PretrainConfig
 
 # Pretraining recipes; the *_finetune.yaml ones are FinetuneConfigs, tested in tests/test_finetune.py.
@@ -33,13 +36,63 @@ def test_recipe_then_command_line(tmp_path):
 @pytest.mark.parametrize("override, path, nearest", [
     ("train.max_step=3", "train.max_step", "train.max_steps"),
     ("frontend.heterodyne.num_band=3", "frontend.heterodyne.num_band", "frontend.heterodyne.num_bands"),
-    ("model.lamda_energy=2", "model.lamda_energy", "model.lambda_energy"),
+    ("frontend.heterodyne.energy_weigth=2", "frontend.heterodyne.energy_weigth", "frontend.heterodyne.energy_weight"),
     ("optimm.lr=1", "optimm", "optim"),
 ])
 def test_unknown_key_names_its_path_and_the_nearest_key(override, path, nearest):
     with pytest.raises(ConfigError) as err:
         load_config(PretrainConfig, None, [override])
     assert repr(path) in str(err.value) and repr(nearest) in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------ moved keys
+def test_moved_keys_load_at_their_new_place_with_a_warning_naming_it(tmp_path):
+    """model.lambda_energy / lambda_surprise (before the weights moved to the heterodyne frontend) still load."""
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  lambda_energy: 2.0\n  mask_prob: 0.4\n")
+    with pytest.warns(ConfigDeprecationWarning, match="'frontend.heterodyne.energy_weight'"):
+        cfg = load_config(PretrainConfig, recipe)
+    assert cfg.frontend.heterodyne.energy_weight == 2.0 and cfg.model.mask_prob == 0.4
+    assert cfg.frontend.heterodyne.surprise_weight == 1.0
+    with pytest.warns(ConfigDeprecationWarning, match="'frontend.heterodyne.surprise_weight'"):
+        cfg = load_config(PretrainConfig, None, ["model.lambda_surprise=0.5"])
+    assert cfg.frontend.heterodyne.surprise_weight == 0.5
+    # the command line still overrides a recipe's old key, in either spelling
+    with pytest.warns(ConfigDeprecationWarning):
+        cfg = load_config(PretrainConfig, recipe, ["frontend.heterodyne.energy_weight=3"])
+    assert cfg.frontend.heterodyne.energy_weight == 3.0
+
+
+def test_an_old_run_folders_saved_config_still_loads(tmp_path):
+    tree = config_to_dict(PretrainConfig())
+    del tree["frontend"]["heterodyne"]["energy_weight"], tree["frontend"]["heterodyne"]["surprise_weight"]
+    tree["model"].update(lambda_energy=0.25, lambda_surprise=4)
+    before = copy.deepcopy(tree)
+    with pytest.warns(ConfigDeprecationWarning) as record:
+        cfg = config_from_dict(PretrainConfig, tree)
+    assert sorted(str(w.message).split(" is deprecated")[0] for w in record) == [
+        "saved config: config key 'model.lambda_energy'", "saved config: config key 'model.lambda_surprise'"]
+    assert tree == before  # the caller's tree is not modified
+    assert (cfg.frontend.heterodyne.energy_weight, cfg.frontend.heterodyne.surprise_weight) == (0.25, 4.0)
+    # the model section on its own (a2v_het/eval/run_files.py): the key is dropped, with a warning
+    with pytest.warns(ConfigDeprecationWarning, match="ignored here") as record:
+        assert config_from_dict(ModelConfig, tree["model"]) == ModelConfig()
+    assert len(record) == 2
+
+
+def test_a_moved_key_given_twice_must_agree(tmp_path):
+    with pytest.raises(ConfigError, match="keep only 'frontend.heterodyne.energy_weight'"):
+        load_config(PretrainConfig, None, ["model.lambda_energy=2", "frontend.heterodyne.energy_weight=3"])
+    with pytest.warns(ConfigDeprecationWarning):
+        cfg = load_config(PretrainConfig, None, ["model.lambda_energy=2", "frontend.heterodyne.energy_weight=2"])
+    assert cfg.frontend.heterodyne.energy_weight == 2.0
+
+
+def test_a_moved_key_that_cannot_move_names_its_new_place():
+    with pytest.raises(ConfigError, match="it moved to 'frontend.heterodyne.energy_weight'"):
+        _merge(PretrainConfig(), {"model": {"lambda_energy": 1.0}})
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        load_config(PretrainConfig, None, ["frontend.heterodyne.surprise_weight=-1"])
 
 
 @pytest.mark.parametrize("override, fragment", [

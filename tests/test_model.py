@@ -221,8 +221,7 @@ def test_forward_backward_gradients_and_teacher_isolation():
     assert not any(k.startswith("teacher") for k in model.state_dict())
     # logs
     assert logs["energy"] > 0 and logs["surprise"] > 0
-    want = logs["regression"] + TINY.lambda_energy * logs["energy"] + TINY.lambda_surprise * logs["surprise"]
-    assert torch.allclose(logs["loss"], want)
+    assert torch.allclose(logs["loss"], logs["regression"] + logs["energy"] + logs["surprise"])
     assert abs(float(logs["mask_ratio"]) - 0.5) < 0.02
     # 50 + 30 valid tokens; each of the 2 clones masks round(0.5 * n) of them
     assert float(logs["masked_tokens"]) == 2 * (25 + 15) and float(logs["tokens"]) == 80
@@ -367,6 +366,23 @@ def test_negative_alibi_scale_is_clamped_to_zero():
         enc.alibi_scale.fill_(1.0)
         one, _ = enc(x, None)
     assert torch.equal(neg, zero) and not torch.allclose(one, zero)
+
+
+def test_the_frontend_weights_its_coverage_losses():
+    """frontend.heterodyne.energy_weight / surprise_weight scale the terms the model adds and logs; the model
+    itself knows no weights."""
+    assert not any("lambda" in f.name or "weight" in f.name for f in dataclasses.fields(ModelConfig))
+    runs = {}
+    for weights in ((1.0, 1.0), (2.0, 0.5), (0.0, 0.0)):
+        h = HeterodyneConfig(energy_weight=weights[0], surprise_weight=weights[1])
+        model = tiny_model(frontend_cfg=FrontendConfig(dim=32, heterodyne=h))
+        runs[weights] = model(*clips(), generator=torch.Generator().manual_seed(0))[1]
+    one, weighted, off = runs[(1.0, 1.0)], runs[(2.0, 0.5)], runs[(0.0, 0.0)]
+    assert torch.allclose(weighted["energy"], 2.0 * one["energy"])
+    assert torch.allclose(weighted["surprise"], 0.5 * one["surprise"])
+    assert torch.equal(weighted["regression"], one["regression"])
+    assert torch.allclose(weighted["loss"], one["regression"] + 2.0 * one["energy"] + 0.5 * one["surprise"])
+    assert float(off["energy"]) == 0.0 and float(off["surprise"]) == 0.0 and torch.equal(off["loss"], off["regression"])
 
 
 def test_conv_frontend_without_aux_losses():

@@ -3,13 +3,14 @@
 import numpy as np
 import torch
 
-from a2v_het.frontend import FrontendConfig, build_frontend
+from a2v_het.frontend import FrontendConfig, HeterodyneConfig, build_frontend
 from a2v_het.train.objective import CoverageObjective
 
 
 def test_coverage_objective_is_the_weighted_terms_and_trains_only_the_picker():
     torch.manual_seed(0)
-    objective = CoverageObjective(build_frontend(FrontendConfig(dim=32)), lambda_energy=2.0, lambda_surprise=0.5)
+    h = HeterodyneConfig(energy_weight=2.0, surprise_weight=0.5)  # the frontend holds its losses' weights
+    objective = CoverageObjective(build_frontend(FrontendConfig(dim=32, heterodyne=h)))
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
     wave = torch.tensor(np.stack([0.01 * rng.standard_normal(16000) + (np.sin(2 * np.pi * 3 * t) > 0) *

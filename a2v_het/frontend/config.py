@@ -67,6 +67,14 @@ class HeterodyneConfig:
     picker_window_hz: float = 1000.0
     """Half-width of the local soft-argmax around each band's arg-max (keeps the soft-argmax off the midpoint
     between two distant peaks)."""
+    energy_weight: float = 1.0
+    """Weight of the energy-variance coverage loss L_energy (log of the statistic's total over its part inside the
+    bands) wherever the picker trains. The frontend applies it itself: its aux losses, which the data2vec loss adds
+    and logs as ``energy``, come weighted, and the coverage objective minimises the weighted sum (logging the
+    unweighted ``loss_energy``). 0 drops the term. Was ``model.lambda_energy`` (still read, with a warning)."""
+    surprise_weight: float = 1.0
+    """Weight of the surprise coverage loss L_surprise (the same log-ratio over the statistic's spectral entropy),
+    applied like ``energy_weight``. Was ``model.lambda_surprise`` (still read, with a warning)."""
     band_grad_from_ssl: bool = False
     """If false (default) the self-supervised loss cannot move the bands: only the coverage losses train the
     hypernetwork (otherwise the student can lower its loss by pointing the bands at silence)."""
@@ -94,6 +102,8 @@ class HeterodyneConfig:
         if self.evidence_common_mode_hz < 0 or not 0 <= self.rate_augment_prob <= 1:
             raise ConfigError("frontend.heterodyne.evidence_common_mode_hz must be >= 0 and rate_augment_prob in "
                               "[0, 1]")
+        if self.energy_weight < 0 or self.surprise_weight < 0:
+            raise ConfigError("frontend.heterodyne.energy_weight and surprise_weight must be >= 0")
 
     @property
     def evidence_args(self) -> tuple[float, float, float, float]:

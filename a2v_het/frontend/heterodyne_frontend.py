@@ -2,7 +2,9 @@
 
 recording (B, T) at any rates -> grid spectrogram -> hypernetwork picks K bands -> heterodyne each band to W Hz
 -> projection to (B, N, D) tokens at ``token_rate``, N = duration * token_rate at every input sample rate.
-The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses.
+The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses,
+already weighted by ``frontend.heterodyne.energy_weight`` / ``surprise_weight`` (:meth:`HeterodyneFrontend.weighted`):
+the frontend owns its losses' weights, so an objective adds ``FrontendOutput.aux_losses`` as they come.
 """
 
 from __future__ import annotations
@@ -108,6 +110,17 @@ class HeterodyneFrontend(Frontend):
                  "captured_variance": var_frac.mean()}
         return {"energy": energy, "surprise": surprise}, stats
 
+    def weighted(self, aux: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The :meth:`coverage_losses` terms times their weights (``frontend.heterodyne.energy_weight`` and
+        ``surprise_weight``): what an objective adds. The one place the weights are applied."""
+        weights = {"energy": self.h.energy_weight, "surprise": self.h.surprise_weight}
+        return {k: weights[k] * v for k, v in aux.items()}
+
+    def coverage_loss(self, aux: dict[str, Tensor]) -> Tensor:
+        """energy_weight * L_energy + surprise_weight * L_surprise from the :meth:`coverage_losses` terms."""
+        w = self.weighted(aux)
+        return w["energy"] + w["surprise"]
+
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> FrontendOutput:
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         a = self.analyze(wave, sample_rate, lengths)
@@ -124,4 +137,4 @@ class HeterodyneFrontend(Frontend):
                                  out_lengths=valid * self.samples_per_token)
         tokens = self.projection(bands.to(wave.dtype) if wave.dtype != torch.float32 else bands, bands_used, valid)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
-        return FrontendOutput(tokens, padding_mask, a.band_start_hz, aux, stats)
+        return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats)

@@ -67,11 +67,9 @@ class ModelConfig:
     ema_decay: float = 0.999
     ema_end_decay: float = 0.99999
     ema_anneal_end_step: int = 75000
-    # --- input and objective ---
+    # --- input ---
     z_normalize: bool = True
     """Per-clip zero-mean / unit-variance waveform over the valid samples before the frontend."""
-    lambda_energy: float = 1.0
-    lambda_surprise: float = 1.0
     # --- collapse guard ---
     collapse_min_target_var: float = 0.01
     collapse_min_pred_var: float = 0.01
@@ -126,5 +124,3 @@ class ModelConfig:
             raise ConfigError("model.ema_decay and model.ema_end_decay must lie in [0, 1]")
         if self.ema_anneal_end_step < 0 or self.collapse_check_after < 0:
             raise ConfigError("model.ema_anneal_end_step and model.collapse_check_after must be >= 0")
-        if self.lambda_energy < 0 or self.lambda_surprise < 0:
-            raise ConfigError("model.lambda_energy and model.lambda_surprise must be >= 0")

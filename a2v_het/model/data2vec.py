@@ -151,11 +151,13 @@ class Data2VecModel(nn.Module):
         return per.sum() / (math.sqrt(pred.shape[-1]) * weight.sum().clamp_min(1.0))
 
     def _aux_total(self, aux: dict[str, Tensor], like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(lambda_e * energy + lambda_s * surprise, energy, surprise), absent terms = 0 (e.g. the conv frontend)."""
+        """(sum of the frontend's aux losses, energy, surprise), absent terms = 0 (e.g. the conv frontend).
+
+        The frontend weights its own terms (the heterodyne frontend from its own config section), so they are
+        added as they come and logged as added."""
         zero = like.new_zeros((), dtype=torch.float32)
-        energy = aux.get("energy", zero).float()
-        surprise = aux.get("surprise", zero).float()
-        return self.cfg.lambda_energy * energy + self.cfg.lambda_surprise * surprise, energy, surprise
+        terms = {k: v.float() for k, v in aux.items()}
+        return sum(terms.values(), zero), terms.get("energy", zero), terms.get("surprise", zero)
 
     # ------------------------------------------------------------------------------------------------ objectives
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0,
@@ -166,10 +168,11 @@ class Data2VecModel(nn.Module):
             wave: (B, T) float, zero-padded after ``lengths``; sample_rate (B,) Hz (mixed rates allowed);
             lengths: (B,) samples; step: optimizer step (only logged: the EMA decay in use);
             generator: random source for the masks (CPU), or None for the global RNG.
-        Returns: total loss (scalar fp32) and detached fp32 scalar logs: loss, regression, energy, surprise,
-            target_var, pred_var (mean over channels of the variance across masked tokens), mask_ratio (masked /
-            valid tokens), masked_tokens (summed over clones), tokens (valid tokens of the B clips), ema_decay,
-            encoder_bf16 (1 if the student's blocks ran in bf16), frontend/<stat>.
+        Returns: total loss (scalar fp32) and detached fp32 scalar logs: loss, regression, energy, surprise (the
+            frontend's aux terms as weighted and added, 0 if it has none), target_var, pred_var (mean over channels
+            of the variance across masked tokens), mask_ratio (masked / valid tokens), masked_tokens (summed over
+            clones), tokens (valid tokens of the B clips), ema_decay, encoder_bf16 (1 if the student's blocks ran
+            in bf16), frontend/<stat>.
         """
         c = self.cfg
         m = c.clone_batch

@@ -61,18 +61,18 @@ class Objective(Protocol):
 
 
 class CoverageObjective(nn.Module):
-    """Frontend-only training: lambda_energy * L_energy + lambda_surprise * L_surprise. Only the hypernetwork
-    receives gradients, so the heterodyning and projection are skipped (``analyze`` stops before them)."""
+    """Frontend-only training on the heterodyne frontend's weighted coverage losses
+    (:meth:`~a2v_het.frontend.heterodyne_frontend.HeterodyneFrontend.coverage_loss`; the frontend's config holds
+    the weights). Only the hypernetwork receives gradients, so the heterodyning and projection are skipped
+    (``analyze`` stops before them)."""
 
-    def __init__(self, frontend: Frontend, lambda_energy: float, lambda_surprise: float):
+    def __init__(self, frontend: Frontend):
         super().__init__()
         self.frontend = frontend
         # Only the hypernetwork is trained here; frozen parts keep DeepSpeed from waiting for gradients that the
         # coverage losses never produce.
         for name, p in frontend.named_parameters():
             p.requires_grad_(name.startswith("picker."))
-        self.lambda_energy = lambda_energy
-        self.lambda_surprise = lambda_surprise
 
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, step: int = 0) -> tuple[Tensor, dict]:
         h = self.frontend.h
@@ -81,7 +81,7 @@ class CoverageObjective(nn.Module):
                                                       h.max_sample_rate)
         analysis = self.frontend.analyze(wave, sample_rate, lengths)
         aux, stats = self.frontend.coverage_losses(analysis)
-        loss = self.lambda_energy * aux["energy"] + self.lambda_surprise * aux["surprise"]
+        loss = self.frontend.coverage_loss(aux)
         logs = {"loss": loss.detach(), "loss_energy": aux["energy"].detach(), "loss_surprise": aux["surprise"].detach()}
         logs.update({k: v.detach() for k, v in stats.items()})
         return loss, logs
@@ -121,7 +121,7 @@ def build_objective(cfg: PretrainConfig | FinetuneConfig) -> Objective:
         return build_finetune_objective(cfg)
     frontend = build_frontend(cfg.frontend)
     if cfg.train.objective == "coverage":
-        return CoverageObjective(frontend, cfg.model.lambda_energy, cfg.model.lambda_surprise)
+        return CoverageObjective(frontend)
     return Data2VecModel(cfg.model, frontend)
 
 
