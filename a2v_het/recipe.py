@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from a2v_het.config import ConfigError
+from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.model.config import ModelConfig
 
@@ -41,8 +42,8 @@ class DataConfig:
     synth_preset: Literal["basic", "field", "field_hard"] = "basic"
     synth_clips: int = 2000
     synth_eval_clips: int = 350
-    synth_sample_rates: tuple[int, ...] = (8000, 16000, 22050, 32000, 44100, 48000)
-    synth_eval_sample_rates: tuple[int, ...] = (6000, 12000, 18000, 24000, 38000, 64000, 96000)
+    synth_sample_rates: tuple[int, ...] = TRAIN_SAMPLE_RATES
+    synth_eval_sample_rates: tuple[int, ...] = UNSEEN_SAMPLE_RATES
     synth_seed: int = 0
 
 

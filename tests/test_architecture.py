@@ -21,7 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "data_tools": CORE | {"a2v_het.data"},
     "a2v_het.frontend": CORE | {"a2v_het.data"},
     "a2v_het.model": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend"},
-    "a2v_het.recipe": CORE | {"a2v_het.frontend", "a2v_het.model"},
+    "a2v_het.recipe": CORE | {"a2v_het.data", "a2v_het.frontend", "a2v_het.model"},
     "a2v_het.eval": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe"},
     "a2v_het.train": CORE | {"a2v_het.runs", "a2v_het.data", "a2v_het.frontend", "a2v_het.model", "a2v_het.recipe",
                              "a2v_het.eval"},

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from a2v_het.atomic import atomic_path, atomic_write_text
+from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
 from a2v_het.frontend.config import FRONTEND_NAMES as FRONTENDS
-SEEN_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
-UNSEEN_RATES = (6000, 12000, 18000, 24000, 38000, 64000, 96000)
+SEEN_RATES, UNSEEN_RATES = TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
 ROOT = Path(__file__).resolve().parents[2]
 
 
