@@ -47,21 +47,21 @@ def box_sum(x: Tensor, size: int, dim: int, step: int = 1) -> Tensor:
     magnitude within one clip (a loud call beside digital silence) and a cumsum difference would bury the quiet
     cells in float round-off.
     """
-    n = x.shape[dim]
-    if size == 1:
-        return x if step == 1 else x.unfold(dim, 1, step).squeeze(-1)
-    half = size // 2
-    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [half, half]
-    padded = torch.nn.functional.pad(x, pad)
+    n, axis = x.shape[dim], dim % x.dim()
     n_out = (n + step - 1) // step
 
-    def shifted(shift: int) -> Tensor:
-        view = padded.narrow(dim, shift, n)
-        return view if step == 1 else view.narrow(dim, 0, (n_out - 1) * step + 1).unfold(dim, 1, step).squeeze(-1)
+    def cells(t: Tensor, shift: int) -> Tensor:  # t[..., shift : shift + n : step, ...] along the axis
+        index = [slice(None)] * t.dim()
+        index[axis] = slice(shift, shift + (n_out - 1) * step + 1, step)
+        return t[tuple(index)]
 
-    out = shifted(0).clone()
+    if size == 1:
+        return cells(x, 0)
+    half = size // 2
+    padded = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1 - axis) + [half, half])
+    out = cells(padded, 0).clone()
     for shift in range(1, size):
-        out += shifted(shift)
+        out += cells(padded, shift)
     return out
 
 
