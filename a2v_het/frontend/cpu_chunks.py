@@ -1,10 +1,12 @@
-"""Clip groups split into chunks on CPU, so each chunk's temporaries are reused instead of page-faulted in.
+"""The statistics' clip groups split into chunks on CPU, so each chunk's temporaries are reused instead of
+page-faulted in.
 
 glibc hands large blocks back to the kernel when they are freed (mmap for single blocks above its threshold, heap
 trimming above twice that), so a step that allocates tens of MB of short-lived spectrogram buffers at once pays a
 page fault for every 4 KiB of them, every step: measured, 4 ms of the statistics' 8 ms at 48 kHz (4 x 3 s, 2
 threads), as much as the arithmetic. Work split into chunks of about a megabyte reuses the same freed blocks from
-one chunk to the next. CUDA has a caching allocator, so there a group stays one chunk.
+one chunk to the next. CUDA has a caching allocator, so there a group stays one chunk. The heterodyne's long FFTs
+are not chunked: their setup costs more per call than the faults (see :mod:`a2v_het.frontend.heterodyne`).
 """
 
 from __future__ import annotations

@@ -21,8 +21,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from a2v_het.frontend.cpu_chunks import clip_chunks
-
 
 def edge_taper(lengths: Tensor, n_samples: int, taper_samples: int) -> Tensor:
     """(b, n_samples) raised-cosine fade-in at 0 and fade-out at each clip's end, zero beyond the end."""
@@ -102,12 +100,11 @@ def heterodyne_bands(
     out = wave.new_zeros(b_total, k_bands, 2, n_out, dtype=torch.float32)
     with torch.autocast(device_type=wave.device.type, enabled=False):
         groups = torch.stack([sample_rate.long(), out_lengths], dim=1).unique(dim=0).tolist()
-        chunks = []
+        # One FFT per group, not per CPU chunk: a long FFT's setup costs more than the page faults chunking saves
+        # (an rfft of 144000 points: 1.2 ms for four clips at once, 6.9 ms one clip at a time, measured).
         for sr, m_out in groups:
-            group = ((sample_rate == sr) & (out_lengths == m_out)).nonzero().flatten()
+            idx = ((sample_rate == sr) & (out_lengths == m_out)).nonzero().flatten()
             n_fft = int(round(m_out / band_width_hz * sr))
-            chunks += [(sr, m_out, n_fft, idx) for idx in clip_chunks(group, n_fft)]
-        for sr, m_out, n_fft, idx in chunks:
             x = wave[idx, : min(n_fft, wave.shape[1])].float()
             if x.shape[1] < n_fft:
                 x = torch.nn.functional.pad(x, (0, n_fft - x.shape[1]))
