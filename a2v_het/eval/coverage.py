@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from a2v_het.config import config_from_dict
+from a2v_het.data.stream import make_eval_loader
 from a2v_het.frontend import build_frontend
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.coverage_losses import EPS, captured_fractions, surprise, variance_distribution
@@ -105,16 +107,12 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
                     device: torch.device | str = "cpu", plot_dir: Path | None = None, plot_tag: str = "final",
                     num_workers: int = 0, n_plot: int = 8, progress: bool = False) -> dict[str, Any]:
     """Run the frontend's band picker over an eval split; returns the table (and writes PNGs to ``plot_dir``)."""
-    from a2v_het.data.stream import make_eval_loader
-
     h = frontend.h
     loader = make_eval_loader(shard_dir, batch_size, num_workers, split=split, rank=0, world_size=1)
     per_clip: list[tuple[int, dict]] = []
     examples: dict[int, tuple] = {}
     it = loader
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(loader, total=None if loader.num_samples is None else math.ceil(loader.num_samples / batch_size),
                   desc="coverage", unit="batch")
     for i, batch in enumerate(it):
@@ -145,6 +143,7 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
     report["config"] = {"num_bands": h.num_bands, "band_width_hz": h.band_width_hz,
                         "cauchy_width_hz": h.cauchy_width_hz, "mixing": h.mixing}
     if plot_dir is not None and per_clip:
+        # lazy: eval.plots imports matplotlib (0.4 s), needed only when PNGs are asked for
         from a2v_het.eval.plots import plot_bands_over_spectrograms, plot_coverage_by_rate
 
         plot_dir = Path(plot_dir)
