@@ -26,6 +26,29 @@ import argparse
 import json
 import sys
 
+from a2v_het.bench import data as bench_data
+from a2v_het.bench import frontend as bench_frontend
+from a2v_het.bench import gpu as bench_gpu
+from a2v_het.bench import infer as bench_infer
+from a2v_het.bench import pickers as bench_pickers
+from a2v_het.bench import probe as bench_probe
+from a2v_het.bench import step as bench_step
+from a2v_het.bench import zoo as bench_zoo
+from a2v_het.config import ConfigError, load_config
+from a2v_het.eval import embed as embed_cmd
+from a2v_het.eval import evaluate as evaluate_cmd
+from a2v_het.eval import predict as predict_cmd
+from a2v_het.eval import probe as probe_cmd
+from a2v_het.eval.coverage import coverage_report, format_table, load_frontend
+from a2v_het.eval.pickers import PICKERS, build_picker
+from a2v_het.frontend import FrontendConfig, build_frontend
+from a2v_het.recipe import FinetuneConfig, PretrainConfig
+from a2v_het.train import finetune as finetune_cmd
+from a2v_het.train import launch, preemption
+from a2v_het.train.distributed import default_to_cpu_accelerator, dist_env_from
+from a2v_het.train.export import export_run
+from a2v_het.train.loop import eval_shards, main_from_cli
+
 
 def make_data(cfg, is_main: bool | None = None) -> bool:
     """The data step before training: the synthetic shards a recipe names (``data.synthesize_if_missing``: train at
@@ -37,9 +60,7 @@ def make_data(cfg, is_main: bool | None = None) -> bool:
     A SIGUSR2/SIGTERM that comes meanwhile does not kill the writer (the loop's flag-setting handlers are in place);
     the step finishes, then nothing trains and rank 0 asks SLURM for the requeue, as the loop would. Returns False
     then (stop), else True."""
-    from a2v_het.train import preemption
-    from a2v_het.train.distributed import dist_env_from
-    from a2v_het.train.loop import eval_shards
+    # lazy: data_tools.synth (+80 ms: scipy.signal) is only for pretrain / finetune / launch, not every command
     from data_tools.synth import ensure_synth_shards
 
     d = cfg.data
@@ -61,10 +82,6 @@ def make_data(cfg, is_main: bool | None = None) -> bool:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from a2v_het.config import ConfigError, load_config
-    from a2v_het.recipe import PretrainConfig
-    from a2v_het.train.loop import main_from_cli
-
     try:
         cfg = load_config(PretrainConfig, args.recipe, args.overrides)
         cfg.validate()
@@ -79,10 +96,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from a2v_het.config import ConfigError, load_config
-    from a2v_het.recipe import FinetuneConfig
-    from a2v_het.train import finetune as finetune_cmd
-
     try:  # the data section is the recipe's own (an init export replaces only model and frontend)
         cfg = load_config(FinetuneConfig, args.recipe, args.overrides)
     except ConfigError as e:
@@ -94,17 +107,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from a2v_het.train import launch
-
     # at submission, in this one process: the job's ranks (submitit) find the data in place
     return launch.run(args, prepare=lambda cfg: make_data(cfg, is_main=True))
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
-    from a2v_het.eval.coverage import coverage_report, format_table, load_frontend
-    from a2v_het.eval.pickers import build_picker
-    from a2v_het.frontend import FrontendConfig, build_frontend
-
     if args.checkpoint is None and args.picker in ("learned", "untrained"):
         print(f"a2v-het coverage: --picker {args.picker} needs --checkpoint", file=sys.stderr)
         return 2
@@ -124,8 +131,6 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from a2v_het.train.export import export_run
-
     out = export_run(args.run_dir, args.out)
     print(f"[a2v-het] exported to {out}")
     return 0
@@ -148,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("coverage", help="coverage table of a heterodyne checkpoint on a shard folder")
     cv.add_argument("--checkpoint", default=None,
                     help="run folder (uses its latest checkpoint) or export folder; optional for non-learned pickers")
-    from a2v_het.eval.pickers import PICKERS
-
     cv.add_argument("--picker", choices=PICKERS, default="learned",
                     help="learned (the checkpoint's), untrained (same config, fresh weights) or a non-learned baseline")
     cv.add_argument("--seed", type=int, default=0, help="seed of the untrained and random pickers")
@@ -162,33 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(func=_cmd_coverage)
 
-    from a2v_het.train import launch
-
     la = sub.add_parser("launch", help="submit a recipe to SLURM through submitit (requeued on time-out and preemption)")
     launch.add_args(la)
     la.set_defaults(func=_cmd_launch)
 
-    from a2v_het.train import finetune as finetune_cmd
-
     ft = sub.add_parser("finetune", help="fine-tune a call detector (frame-level multi-label) through the training loop")
     finetune_cmd.add_args(ft)
     ft.set_defaults(func=_cmd_finetune)
-    from a2v_het.eval import evaluate as evaluate_cmd
 
     ev = sub.add_parser("evaluate", help="frame mAP + event P/R/F1 of a fine-tuned detector (thresholds tuned on val)")
     evaluate_cmd.add_args(ev)
     ev.set_defaults(func=evaluate_cmd.run)
-    from a2v_het.eval import predict as predict_cmd
 
     pr = sub.add_parser("predict", help="detect calls in long recordings -> Raven selection tables + events.csv")
     predict_cmd.add_args(pr)
     pr.set_defaults(func=predict_cmd.run)
-    from a2v_het.eval import embed as embed_cmd
 
     em = sub.add_parser("embed", help="frozen embeddings of recordings -> DIR/embeddings/*.npy + index.csv")
     embed_cmd.add_args(em)
     em.set_defaults(func=embed_cmd.run)
-    from a2v_het.eval import probe as probe_cmd
 
     pb = sub.add_parser("probe", help="logistic-regression probe on frozen embeddings (accuracy, macro F1, mAP)")
     probe_cmd.add_args(pb)
@@ -201,45 +196,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bsub = bench.add_subparsers(dest="bench", required=True)
-    from a2v_het.bench import frontend as bench_frontend
-
     bf = bsub.add_parser("frontend", help="frontends side by side: fwd+bwd time, peak memory, tokens per clip")
     bench_frontend.add_args(bf)
     bf.set_defaults(func=_cmd_bench, bench_run=bench_frontend.run)
-    from a2v_het.bench import step as bench_step
 
     bs = bsub.add_parser("step", help="data2vec training step: heterodyne vs conv frontend, same encoder")
     bench_step.add_args(bs)
     bs.set_defaults(func=_cmd_bench, bench_run=bench_step.run)
-    from a2v_het.bench import data as bench_data
 
     bd = bsub.add_parser("data", help="data loading: shard -> batch audio s/s per worker; sharding rate in h/min")
     bench_data.add_args(bd)
     bd.set_defaults(func=_cmd_bench, bench_run=bench_data.run)
-    from a2v_het.bench import zoo as bench_zoo
 
     bz = bsub.add_parser("zoo", help="every frontend, same budget: pretraining loss, fine-tuned event F1 at seen and "
                                      "unseen sample rates")
     bench_zoo.add_args(bz)
     bz.set_defaults(func=_cmd_bench, bench_run=bench_zoo.run)
-    from a2v_het.bench import infer as bench_infer
 
     bi = bsub.add_parser("infer", help="predict and embed throughput: audio hours per wall hour, per model size")
     bench_infer.add_args(bi)
     bi.set_defaults(func=_cmd_bench, bench_run=bench_infer.run)
-    from a2v_het.bench import probe as bench_probe
 
     bp2 = bsub.add_parser("probe", help="linear probes of frozen embeddings (synthetic call types, pykanto) per "
                                         "checkpoint and at random init")
     bench_probe.add_args(bp2)
     bp2.set_defaults(func=_cmd_bench, bench_run=bench_probe.run)
-    from a2v_het.bench import gpu as bench_gpu
 
     bg = bsub.add_parser("gpu", help="the GPU check: smoke recipe in bf16, 2-rank NCCL, bench step and frontend on the "
                                      "device, one table (--device cpu: the dry run)")
     bench_gpu.add_args(bg)
     bg.set_defaults(func=bench_gpu.cli)
-    from a2v_het.bench import pickers as bench_pickers
 
     bp = bsub.add_parser("pickers", help="every band picker (learned, untrained, non-learned baselines): All Cov by "
                                          "sample rate on the same clips")
@@ -249,8 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from a2v_het.train.distributed import default_to_cpu_accelerator
-
     default_to_cpu_accelerator()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)

@@ -43,6 +43,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import soundfile as sf
+import yaml
 
 from a2v_het.atomic import atomic_open
 from data_tools.sources import AUDIO_EXTENSIONS, SOUNDFILE_EXTENSIONS, discover
@@ -534,8 +535,6 @@ def load_class_map(path: str | os.PathLike) -> dict[str, str | None]:
     ``label,class`` (an empty class drops). ValueError names the file and entry."""
     path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
         try:
             data = yaml.safe_load(_read_text(path))
         except yaml.YAMLError as exc:

@@ -17,6 +17,7 @@ Each subcommand is registered by an ``_add_<command>(subparsers)`` function that
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -24,7 +25,14 @@ from typing import Callable, Sequence
 
 from a2v_het.data.manifest import SPLITS
 
+from data_tools.annotations import DEFAULT_EMPTY_LABEL, FORMATS, import_annotations, load_class_map, write_table
+from data_tools.grouping import GROUP_BY, parse_split
+from data_tools.inspect_shards import format_summary, inspect_folder, plot_summary
+from data_tools.shard import CHANNEL_MODES, ShardOptions, ShardUsageError, format_report, shard_folder
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES
+from data_tools.sources import TAILS
+from data_tools.synth import (DEFAULT_SAMPLE_RATES, PRESETS, parse_sample_rates, write_synth_shards,
+                              write_synthetic_calls)
 
 
 def _positive_int(text: str) -> int:
@@ -42,8 +50,6 @@ def _positive_float(text: str) -> float:
 
 
 def _sample_rates(text: str) -> list[int]:
-    from data_tools.synth import parse_sample_rates
-
     try:
         return parse_sample_rates(text)
     except ValueError as exc:
@@ -61,8 +67,6 @@ def _add_writer_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_synth(args: argparse.Namespace, command: str) -> int:
-    from data_tools.synth import write_synth_shards
-
     manifest = write_synth_shards(
         args.out_dir,
         args.preset,
@@ -84,8 +88,6 @@ def _run_synth(args: argparse.Namespace, command: str) -> int:
 
 
 def _add_synth(subparsers: argparse._SubParsersAction) -> None:
-    from data_tools.synth import DEFAULT_SAMPLE_RATES, PRESETS
-
     parser = subparsers.add_parser(
         "synth",
         help="synthetic bioacoustic clips with ground-truth events",
@@ -111,8 +113,6 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _optional_split(text: str) -> tuple[float, float, float]:
-    from data_tools.grouping import parse_split
-
     try:
         return parse_split(text)
     except ValueError as exc:
@@ -120,8 +120,6 @@ def _optional_split(text: str) -> tuple[float, float, float]:
 
 
 def _run_shard(args: argparse.Namespace, command: str) -> int:
-    from data_tools.shard import ShardOptions, ShardUsageError, format_report, shard_folder
-
     options = ShardOptions(
         window_s=args.window_s, hop_s=args.hop_s, tail=args.tail, channels=args.channels, max_sr=args.max_sr,
         pcm=args.pcm, shard_bytes=max(1, int(args.shard_size_mb * 2**20)), name=args.name, group_by=args.group_by,
@@ -139,10 +137,6 @@ def _run_shard(args: argparse.Namespace, command: str) -> int:
 
 
 def _add_shard(subparsers: argparse._SubParsersAction) -> None:
-    from data_tools.grouping import GROUP_BY
-    from data_tools.shard import CHANNEL_MODES
-    from data_tools.sources import TAILS
-
     parser = subparsers.add_parser(
         "shard",
         help="cut field recordings into windows and write them as shards",
@@ -193,8 +187,6 @@ def _add_shard(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_annotations(args: argparse.Namespace, command: str) -> int:
-    from data_tools.annotations import import_annotations, load_class_map, write_table
-
     out = os.path.abspath(args.out)
     if any(os.path.abspath(p) == out for p in args.inputs):
         raise ValueError(f"--out {args.out} is one of the inputs")
@@ -218,8 +210,6 @@ def _run_annotations(args: argparse.Namespace, command: str) -> int:
 
 
 def _add_annotations(subparsers: argparse._SubParsersAction) -> None:
-    from data_tools.annotations import DEFAULT_EMPTY_LABEL, FORMATS
-
     parser = subparsers.add_parser(
         "annotations",
         help="import Raven / Audacity / Sonic Visualiser / CSV annotations into one table",
@@ -248,10 +238,6 @@ def _add_annotations(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_inspect(args: argparse.Namespace, command: str) -> int:
-    import json
-
-    from data_tools.inspect_shards import format_summary, inspect_folder, plot_summary
-
     summary = inspect_folder(args.dir, verify=args.verify)
     if args.png:
         plot_summary(summary, args.png)
@@ -269,15 +255,12 @@ def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_synth_calls(args: argparse.Namespace, command: str) -> int:  # noqa: ARG001
-    from data_tools.synth import write_synthetic_calls
 
     print(write_synthetic_calls(args.out_dir, args.recordings, args.seed, args.sample_rates, args.duration))
     return 0
 
 
 def _add_synth_calls(subparsers: argparse._SubParsersAction) -> None:
-    from data_tools.synth import DEFAULT_SAMPLE_RATES
-
     parser = subparsers.add_parser(
         "synth-calls",
         help="a call-type classification set: one labelled FLAC clip per call of synthetic field recordings",

@@ -97,10 +97,10 @@ def format_summary(summary: Mapping[str, Any]) -> str:
 
 def plot_summary(summary: Mapping[str, Any], png: str | os.PathLike) -> Path:
     """Two panels (hours by rate per split, events by class per split) saved atomically as a PNG."""
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes 0.3-0.45 s to import and only `inspect --png` needs it
 
     matplotlib.use("Agg")  # no display on clusters
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, after the backend is chosen
 
     splits = list(summary["splits"])
     rates = sorted({int(r) for s in summary["splits"].values() for r in s["hours_by_sample_rate"]})

@@ -1,8 +1,13 @@
 """The import rules of docs/architecture.md: every module of a2v_het/ and data_tools/ imports only the packages its
 row of the table allows (top-level and lazy imports alike), so the package graph has no cycles and nothing imports
-upward. There are no exceptions: an import the table does not allow is moved, not listed."""
+upward. There are no exceptions: an import the table does not allow is moved, not listed.
+
+Imports sit at the top of each module; one inside a function carries a `# lazy: <reason>` comment
+(test_function_level_imports_say_why_they_are_lazy)."""
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -119,3 +124,83 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     probe.write_text("def f():\n    from a2v_het.train.loop import pretrain\n    from .. import model\n")
     found = [t for _, t in _imports("a2v_het.eval.m", probe)]
     assert "a2v_het.train.loop" in found and "a2v_het.model" in found
+
+
+# Function-level imports still waiting for their module's owner (files another change is editing now): the import
+# statement as written, by file. Remove an entry when its import moves to the top or gets its `# lazy:` reason.
+NOT_YET_EXPLAINED: dict[str, set[str]] = {
+    "a2v_het/eval/coverage.py": {
+        "from a2v_het.data.stream import make_eval_loader",
+        "from tqdm import tqdm",
+        "from a2v_het.eval.plots import plot_bands_over_spectrograms, plot_coverage_by_rate",
+    },
+    "a2v_het/frontend/projection.py": {"from a2v_het.frontend.conv_extractor import masked_instance_norm"},
+}
+
+
+def _comments(source: str) -> dict[int, str]:
+    """line -> its comment text (without '#'), from the tokenizer, so a '#' inside a string is no comment."""
+    out: dict[int, str] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            out[tok.start[0]] = tok.string.lstrip("#")
+    return out
+
+
+def _unexplained_function_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, statement) of every import inside a function (at any depth: methods, nested functions, branches)
+    with no comment saying "lazy" on one of its own lines or on the line above it."""
+    source = path.read_text()
+    lines = source.splitlines()
+    comments = _comments(source)
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                span = range(child.lineno - 1, (child.end_lineno or child.lineno) + 1)
+                if not any("lazy" in comments.get(line, "").lower() for line in span):
+                    found.append((child.lineno, " ".join(lines[child.lineno - 1].split())))
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(source, str(path)), False)
+    return found
+
+
+def test_function_level_imports_say_why_they_are_lazy():
+    """Imports sit at the top of each module, so the file's head is its dependency list. One inside a function is
+    kept only for a reason (a heavy optional package: deepspeed, wandb, matplotlib, submitit; a slow import only
+    one subcommand needs; a real import cycle), written next to it: `# lazy: <reason>` on its line or the line
+    above."""
+    bad = []
+    for _, path in _modules():
+        rel = path.relative_to(ROOT).as_posix()
+        for line, statement in _unexplained_function_imports(path):
+            if statement not in NOT_YET_EXPLAINED.get(rel, set()):
+                bad.append(f"{rel}:{line}: {statement}")
+    assert not bad, ("imports inside functions without a `# lazy: <reason>` comment (move them to the top of the "
+                     "module, or say why they must wait):\n" + "\n".join(bad))
+
+
+def test_the_lazy_import_checker(tmp_path):
+    probe = tmp_path / "m.py"
+    probe.write_text(
+        "import os\n"
+        "if os.name:\n"
+        "    import json\n"
+        "def f():\n"
+        "    import csv\n"
+        "    import wandb  # lazy: slow\n"
+        "    # lazy: matplotlib is heavy\n"
+        "    import matplotlib\n"
+        "    s = '# lazy'; import math\n"
+        "    def g():\n"
+        "        from a2v_het import (\n"
+        "            config,\n"
+        "        )\n"
+        "class C:\n"
+        "    def m(self):\n"
+        "        if True:\n"
+        "            from pathlib import Path\n"
+    )
+    assert [line for line, _ in _unexplained_function_imports(probe)] == [5, 9, 11, 17]

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile as sf
 
 from a2v_het.bench.frontend import describe_machine
+from a2v_het.data.stream import make_train_loader
 
 DEFAULT_RATES = "8000,16000,22050,32000,44100,48000,96000"
 
@@ -55,8 +57,6 @@ def _int_list(text: str) -> list[int]:
 
 def bench_loader(shard_dir: Path, workers: int, batches: int, batch_size: int, crop_s: float) -> dict[str, Any]:
     """Time ``batches`` batches (after one untimed) of the training loader with ``workers`` processes."""
-    from a2v_het.data.stream import make_train_loader
-
     loader = make_train_loader(str(shard_dir), batch_size, crop_s, num_workers=workers, seed=0,
                                samples_per_epoch=(batches + 1 + workers) * batch_size, shuffle_buffer=64, rank=0,
                                world_size=1)
@@ -81,8 +81,6 @@ def bench_loader(shard_dir: Path, workers: int, batches: int, batch_size: int, c
 def write_noise_wavs(folder: Path, files: int, minutes: float, rates: tuple[int, ...] = (16000, 48000, 96000)
                      ) -> float:
     """``files`` PCM_16 WAVs of white noise at -26 dBFS, written in 60 s blocks; returns their hours of audio."""
-    import soundfile as sf
-
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     seconds = 0.0
@@ -99,6 +97,7 @@ def write_noise_wavs(folder: Path, files: int, minutes: float, rates: tuple[int,
 
 def bench_sharding(tmp: Path, files: int, minutes: float, workers: int) -> dict[str, Any]:
     """Shard freshly written WAVs; hours of audio per wall minute."""
+    # lazy: data_tools.shard (+30 ms: soxr, xml) would load with every `a2v-het` command, --help too
     from data_tools.shard import ShardOptions, shard_folder
 
     hours = write_noise_wavs(tmp / "wav", files, minutes)
@@ -115,6 +114,7 @@ def bench_sharding(tmp: Path, files: int, minutes: float, workers: int) -> dict[
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run both measurements; prints a table (or JSON with ``--json``) and returns the result dict."""
+    # lazy: data_tools.synth (+80 ms: scipy.signal) would load with every `a2v-het` command, --help too
     from data_tools.synth import write_synth_shards
 
     rates = _int_list(args.rates)

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from a2v_het.frontend import FRONTEND_NAMES, build_frontend
 from a2v_het.frontend.config import FrontendConfig
@@ -136,8 +137,6 @@ def time_step(step: Callable[[], Any], device: torch.device, repeats: int, warmu
 def peak_cpu_bytes_from_profiler(step: Callable[[], Any]) -> int | None:
     """Peak live tensor bytes allocated during one ``step`` on CPU: cumulative sum of the profiler's memory
     events (allocations positive, frees negative) in time order. None if this torch build exposes no events."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     try:

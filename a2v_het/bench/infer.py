@@ -25,8 +25,17 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from safetensors.torch import save_file
 
 from a2v_het.bench.frontend import describe_machine
+from a2v_het.config import load_config, save_config
+from a2v_het.eval.embed import embed_files
+from a2v_het.eval.predict import predict
+from a2v_het.eval.run_files import load_model
+from a2v_het.frontend import build_frontend
+from a2v_het.model.data2vec import Data2VecModel
+from a2v_het.train.config import PretrainConfig
+from a2v_het.train.finetune import FinetuneConfig, FinetuneObjective
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RECIPES = "recipes/smoke.yaml:600,recipes/meerkat.yaml:60"
@@ -47,14 +56,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def write_exports(recipe: str | Path, folder: Path) -> tuple[Path, Path, dict[str, Any]]:
     """(detector export, encoder export, model summary) of ``recipe``'s model at random initialisation."""
-    from safetensors.torch import save_file
-
-    from a2v_het.config import load_config, save_config
-    from a2v_het.frontend import build_frontend
-    from a2v_het.model.data2vec import Data2VecModel
-    from a2v_het.train.config import PretrainConfig
-    from a2v_het.train.finetune import FinetuneConfig, FinetuneObjective
-
     torch.manual_seed(0)
     det_cfg = load_config(FinetuneConfig, str(recipe), ["finetune.classes=[call]"])
     det = FinetuneObjective(det_cfg)
@@ -99,10 +100,6 @@ def _timed(fn, repeats: int) -> tuple[float, Any]:
 
 
 def bench_recipe(recipe: str, seconds: float, args, tmp: Path) -> dict[str, Any]:
-    from a2v_het.eval.embed import embed_files
-    from a2v_het.eval.predict import predict
-    from a2v_het.eval.run_files import load_model
-
     folder = tmp / Path(recipe).stem
     det, enc, summary = write_exports(ROOT / recipe if not Path(recipe).is_file() else recipe, folder)
     rec = write_recording(folder / "recording.flac", seconds, args.rate)

@@ -19,15 +19,19 @@ regression, C by grouped CV) for each split seed in ``--seeds``: mean ± sd of a
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.metadata
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from a2v_het.bench.frontend import describe_machine
+from a2v_het.eval.embed import embed_files
+from a2v_het.eval.probe import probe_folder, pykanto_labels
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +57,6 @@ def _pykanto_root() -> Path | None:
 
 def _great_tit_labels(pykanto_csv: Path, out_csv: Path) -> Path:
     """The great tits only (two individuals, all at 22.05 kHz): the pykanto task a sample rate cannot give away."""
-    import csv
-
     with open(pykanto_csv, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["label"].startswith("great_tit_")]
     with open(out_csv, "w", newline="") as fh:
@@ -65,10 +67,7 @@ def _great_tit_labels(pykanto_csv: Path, out_csv: Path) -> Path:
 
 
 def run_bench(args) -> dict[str, Any]:
-    import numpy as np
-
-    from a2v_het.eval.embed import embed_files
-    from a2v_het.eval.probe import probe_folder, pykanto_labels
+    # lazy: data_tools.synth (+80 ms: scipy.signal) would load with every `a2v-het` command, --help too
     from data_tools.synth import write_synthetic_calls
 
     seeds = [int(x) for x in str(args.seeds).split(",")]

@@ -28,9 +28,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from tqdm import tqdm
+
 from a2v_het.atomic import atomic_path, atomic_write_text
+from a2v_het.data.manifest import read_manifest
 from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
+from a2v_het.data.stream import make_eval_loader
+from a2v_het.data.targets import events_to_frame_targets
+from a2v_het.eval.evaluate import evaluate_checkpoint
+from a2v_het.eval.events import event_prf, frame_map
 from a2v_het.frontend.config import FRONTEND_NAMES as FRONTENDS
+from a2v_het.train.checkpoint import checkpoint_root, latest_tag
+
 SEEN_RATES, UNSEEN_RATES = TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,6 +68,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def make_data(out: Path, clips: int, eval_clips: int, seconds: float, seed: int) -> dict[str, Path]:
     """Synthetic ``field`` shard folders (made once): train (seen rates) with its ``-eval`` folder (unseen rates,
     split ``val``, read by the pretraining loop's coverage table), val (seen), test_seen, test_unseen."""
+    # lazy: data_tools.synth (+80 ms: scipy.signal) would load with every `a2v-het` command, --help too
     from data_tools.synth import write_synth_shards
 
     plan = {
@@ -123,8 +134,6 @@ def loss_curve(run_dir: Path, key: str = "regression") -> list[tuple[int, float]
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
-    from a2v_het.train.checkpoint import checkpoint_root, latest_tag
-
     tag = latest_tag(run_dir) if run_dir.is_dir() else None
     if tag is None:
         return False
@@ -140,8 +149,6 @@ def _timed(state: dict, key: str, fn) -> float:
 
 def evaluate_both(run_dir: Path, data: dict[str, Path]) -> dict[str, Any]:
     """Thresholds tuned on val (seen rates), applied unchanged to test_seen and test_unseen."""
-    from a2v_het.eval.evaluate import evaluate_checkpoint
-
     out = {}
     for which in ("test_seen", "test_unseen"):
         rep = evaluate_checkpoint(run_dir, data[which], split="test", val_split="val", val_data=data["val"])
@@ -155,13 +162,6 @@ def evaluate_both(run_dir: Path, data: dict[str, Path]) -> dict[str, Any]:
 def whole_clip_reference(data: Path, token_rate: float = 50.0) -> dict[str, Any]:
     """Scores of a detector that knows nothing: every class as one event spanning every clip, constant frame
     scores. The floor any trained row must clear; on short clips with few calls it is not small."""
-    import numpy as np
-
-    from a2v_het.data.manifest import read_manifest
-    from a2v_het.data.stream import make_eval_loader
-    from a2v_het.data.targets import events_to_frame_targets
-    from a2v_het.eval.events import event_prf, frame_map
-
     classes = list(read_manifest(str(data))["classes"])
     refs, ests, targets = [], [], []
     for batch in make_eval_loader(str(data), 8, 0, split="test", rank=0, world_size=1):
@@ -200,8 +200,6 @@ def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
               f"train.seed={args.seed}"]
     results: dict[str, Any] = {}
     rows = [(n, True) for n in names] + [(n, False) for n in scratch]
-    from tqdm import tqdm
-
     for name, pretrained in tqdm(rows, desc="zoo", unit="run"):
         key = name if pretrained else f"{name}/scratch"
         st = state.setdefault(key, {})
@@ -287,10 +285,10 @@ def format_tables(report: dict[str, Any]) -> str:
 
 
 def plot_curves(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib takes 0.3-0.45 s to import and only the zoo's figure needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as above, after the backend is chosen
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, r in report["results"].items():

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import signal
 import struct
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
+import torch
 from tqdm import tqdm
 
 from a2v_het.config import atomic_write_text
@@ -290,8 +292,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(factory: Callable[..., FileProcessor], spec: dict[str, Any], threads: int) -> None:
-    import torch
-
     torch.set_num_threads(max(1, threads))
     _WORKER["processor"] = factory(**spec)
 
@@ -355,8 +355,6 @@ def run_files(factory: Callable[..., FileProcessor], spec: dict[str, Any], input
         for p, n in todo:
             finished(process_one(processor, p, n, out, None))
     else:
-        import multiprocessing as mp
-
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
                                  initargs=(factory, spec, threads)) as pool:

@@ -37,6 +37,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from a2v_het.atomic import atomic_open
 from a2v_het.config import atomic_write_text
@@ -172,8 +173,6 @@ class EmbedProcessor(FileProcessor):
         fh = None
         wbar = None
         if self.progress:
-            from tqdm import tqdm
-
             wbar = tqdm(total=len(starts), desc=Path(name).name, unit="win", leave=False, file=sys.stderr)
         try:
             for chunk, wave, lengths in read_windows(path, info, starts, win, self.batch_size):

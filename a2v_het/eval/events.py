@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 Event = dict[str, Any]
 
@@ -128,8 +129,6 @@ def match_events(ref: Sequence[Event], est: Sequence[Event], rule: str = "iou", 
     """Maximum one-to-one matching (ref index, est index) among valid pairs (labels are not checked here)."""
     if not ref or not est:
         return []
-    from scipy.optimize import linear_sum_assignment
-
     valid, pref = _valid_pairs(ref, est, rule, iou_threshold, collar_s, offset_collar_ratio)
     if not valid.any():
         return []

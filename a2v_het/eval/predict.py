@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from a2v_het.atomic import atomic_open
 from a2v_het.eval import events as E
@@ -39,6 +40,7 @@ from a2v_het.eval.audio_files import (
     run_files,
     window_starts,
 )
+from a2v_het.eval.embed import add_parallel_args
 from a2v_het.eval.raven import write_selection_table
 from a2v_het.eval.run_files import CheckpointError, load_model, read_config_tree, resolve_checkpoint
 
@@ -88,8 +90,6 @@ def predict_file(model, path: str | Path, window_s: float = 10.0, hop_s: float =
     starts = window_starts(n, win, hop)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(starts), desc=Path(path).name, unit="win", leave=False, file=sys.stderr)
     first = ((c, w[:, 0], lens) for c, w, lens in read_windows(path, info, starts, win, batch_size))
     try:
@@ -220,8 +220,6 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Pat
 
 
 def add_args(parser) -> None:
-    from a2v_het.eval.embed import add_parallel_args
-
     parser.add_argument("--checkpoint", required=True, help="fine-tune run folder or its export")
     parser.add_argument("inputs", nargs="+", help="audio files and folders (searched recursively)")
     parser.add_argument("--out", required=True, help="output folder for selection tables + events.csv")

@@ -32,6 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from a2v_het.config import atomic_write_text
+from a2v_het.eval.embed import load_embeddings
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -133,8 +134,6 @@ def linear_probe(x: np.ndarray, labels: Sequence[str], groups: Sequence[str], is
 def probe_folder(embeddings: str | Path, labels_csv: str | Path, test_fraction: float = 0.3, seed: int = 0
                  ) -> dict[str, Any]:
     """An ``a2v-het embed`` folder + a labels table -> :func:`linear_probe`'s report (+ "embeddings", "labels")."""
-    from a2v_het.eval.embed import load_embeddings
-
     x, index = load_embeddings(embeddings)
     if x.ndim == 3:  # --pool none: mean over the valid tokens
         n = np.array([max(r["n_tokens"], 1) for r in index])

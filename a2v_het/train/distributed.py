@@ -6,6 +6,7 @@ The same code runs a one-process CPU smoke test and a multi-node GPU job: only t
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 from collections.abc import Mapping
@@ -111,8 +112,6 @@ def slurm_port(job_id: str) -> int:
 
 def submitit_port(job_id: str) -> int:
     """The port submitit's TorchDistributedEnvironment derives from the job id (when MASTER_PORT is unset)."""
-    import random
-
     return random.Random(job_id).randint(20000, 60000)
 
 
@@ -186,7 +185,7 @@ def init_distributed(dist: DistEnv) -> str:
     backend = "nccl" if device_count else "gloo"
     if device_count:
         torch.cuda.set_device(visible_device_index(dist.local_rank, device_count))
-    import deepspeed
+    import deepspeed  # lazy: only after DS_ACCELERATOR is decided; only training needs it
 
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)

@@ -26,14 +26,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import submitit
 
+from a2v_het.config import ConfigError, load_config
+from a2v_het.recipe import PretrainConfig
 from a2v_het.runs import completed_step, is_finished
-
-if TYPE_CHECKING:
-    from a2v_het.recipe import PretrainConfig
+from a2v_het.train import loop, preemption
+from a2v_het.train.distributed import default_to_cpu_accelerator
 
 
 class PretrainJob(submitit.helpers.Checkpointable):
@@ -46,14 +47,8 @@ class PretrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         os.chdir(self.workdir)
-        from a2v_het.train import preemption
-        from a2v_het.train.loop import main_from_cli
-
-        from a2v_het.config import load_config
-        from a2v_het.train.config import PretrainConfig
-
         max_steps = load_config(PretrainConfig, self.recipe, self.overrides).train.max_steps
-        run_dir = main_from_cli(self.recipe, self.overrides)  # on rank 0 a USR2 stop does not return (requeued)
+        run_dir = loop.main_from_cli(self.recipe, self.overrides)  # on rank 0 a USR2 stop does not return (requeued)
         # every rank sees it: the checkpoint ends with a barrier after `latest` moved
         step = completed_step(run_dir) or 0
         finished = is_finished(run_dir, max_steps)
@@ -159,9 +154,6 @@ def launch(args: argparse.Namespace, prepare: Callable[[PretrainConfig], bool] |
     """Submit the job; ``prepare(cfg)`` runs first, in this process (``a2v-het launch`` passes the CLI's data step,
     :func:`a2v_het.cli.make_data`, so the synthetic shards a recipe names exist before any rank starts; False =
     do not submit)."""
-    from a2v_het.config import ConfigError, load_config
-    from a2v_het.train.config import PretrainConfig
-
     try:  # a bad recipe fails here, not in the queue
         cfg = load_config(PretrainConfig, args.recipe, args.overrides)
         cfg.validate()
@@ -201,8 +193,6 @@ def launch(args: argparse.Namespace, prepare: Callable[[PretrainConfig], bool] |
 
 
 def main(argv: list[str] | None = None) -> int:
-    from a2v_het.train.distributed import default_to_cpu_accelerator
-
     default_to_cpu_accelerator()
     return launch(build_parser().parse_intermixed_args(argv))
 

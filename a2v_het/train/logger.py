@@ -29,7 +29,7 @@ class MetricsLogger:
         self.jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
         mode = wandb_mode(cfg)
         if mode != "disabled":
-            import wandb
+            import wandb  # lazy: wandb takes 0.4 s to import; logging.wandb=disabled never needs it
 
             self.run_id = run_id or secrets.token_hex(4)
             # resume="allow" + the same id: a preempted and requeued job continues the same wandb run.
@@ -51,7 +51,7 @@ class MetricsLogger:
 
     def log_image(self, step: int, name: str, path: Path) -> None:
         if self.enabled and self.wandb is not None:
-            import wandb
+            import wandb  # lazy: as in __init__
 
             self.wandb.log({name: wandb.Image(str(path))}, step=step)
 

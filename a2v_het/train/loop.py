@@ -122,7 +122,7 @@ def build_engine(cfg: PretrainConfig, objective: torch.nn.Module, world_size: in
         autocast_inside(objective, device.type, torch.bfloat16)
     optimizer = torch.optim.AdamW(objective.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                   betas=cfg.optim.betas, eps=cfg.optim.eps)
-    import deepspeed  # here, not at the top: DS_ACCELERATOR must be decided before DeepSpeed is first imported
+    import deepspeed  # lazy: DS_ACCELERATOR must be decided before DeepSpeed is first imported
 
     engine, optimizer, _, _ = deepspeed.initialize(model=objective, optimizer=optimizer,
                                                    config=deepspeed_config(cfg, world_size))
@@ -363,8 +363,8 @@ def _deepspeed_safe_globals() -> list:
     """The few plain DeepSpeed classes its ZeRO optimizer states pickle (loss-scaler settings, stage enum)."""
     # lazy: DeepSpeed is imported only after DS_ACCELERATOR is decided (see build_engine)
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
+    from deepspeed.runtime.zero.config import ZeroStageEnum  # lazy: as above
+    from deepspeed.utils.tensor_fragment import fragment_address  # lazy: as above
 
     return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
