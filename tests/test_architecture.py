@@ -126,18 +126,6 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     assert "a2v_het.train.loop" in found and "a2v_het.model" in found
 
 
-# Function-level imports still waiting for their module's owner (files another change is editing now): the import
-# statement as written, by file. Remove an entry when its import moves to the top or gets its `# lazy:` reason.
-NOT_YET_EXPLAINED: dict[str, set[str]] = {
-    "a2v_het/eval/coverage.py": {
-        "from a2v_het.data.stream import make_eval_loader",
-        "from tqdm import tqdm",
-        "from a2v_het.eval.plots import plot_bands_over_spectrograms, plot_coverage_by_rate",
-    },
-    "a2v_het/frontend/projection.py": {"from a2v_het.frontend.conv_extractor import masked_instance_norm"},
-}
-
-
 def _comments(source: str) -> dict[int, str]:
     """line -> its comment text (without '#'), from the tokenizer, so a '#' inside a string is no comment."""
     out: dict[int, str] = {}
@@ -172,12 +160,8 @@ def test_function_level_imports_say_why_they_are_lazy():
     kept only for a reason (a heavy optional package: deepspeed, wandb, matplotlib, submitit; a slow import only
     one subcommand needs; a real import cycle), written next to it: `# lazy: <reason>` on its line or the line
     above."""
-    bad = []
-    for _, path in _modules():
-        rel = path.relative_to(ROOT).as_posix()
-        for line, statement in _unexplained_function_imports(path):
-            if statement not in NOT_YET_EXPLAINED.get(rel, set()):
-                bad.append(f"{rel}:{line}: {statement}")
+    bad = [f"{path.relative_to(ROOT)}:{line}: {statement}"
+           for _, path in _modules() for line, statement in _unexplained_function_imports(path)]
     assert not bad, ("imports inside functions without a `# lazy: <reason>` comment (move them to the top of the "
                      "module, or say why they must wait):\n" + "\n".join(bad))
 
