@@ -39,7 +39,7 @@ class DataConfig:
     """Before training, ``a2v-het pretrain | finetune | launch`` write synthetic shards (the ``synth_*`` keys;
     :func:`data_tools.synth.ensure_synth_shards`) into ``shards`` and its eval folder where they have no manifest;
     the training loop writes no data."""
-    synth_preset: Literal["basic", "field", "field_hard"] = "basic"
+    synth_preset: Literal["basic", "field", "field_hard", "ultrasonic"] = "basic"
     synth_clips: int = 2000
     synth_eval_clips: int = 350
     synth_sample_rates: tuple[int, ...] = TRAIN_SAMPLE_RATES

@@ -97,7 +97,8 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR", help="shard folder to write")
     parser.add_argument("--preset", choices=PRESETS, default="basic",
                         help="basic: clean non-overlapping bursts; field: all call types over noise, hum and wind; "
-                             "field_hard: calls 10-30 dB below wind and rain, overlapping, wide harmonic stacks")
+                             "field_hard: calls 10-30 dB below wind and rain, overlapping, wide harmonic stacks; "
+                             "ultrasonic: field plus bat-like FM pulse trains (2-8 ms sweeps up to 130 kHz)")
     parser.add_argument("--clips", type=_positive_int, default=1000, help="number of clips (default %(default)s)")
     parser.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per clip (default %(default)s)")
     parser.add_argument("--sample-rates", type=_sample_rates, default=list(DEFAULT_SAMPLE_RATES),

@@ -14,7 +14,9 @@ Presets: ``basic`` (the seed's idealised bursts: 1-3 non-overlapping tones/sweep
 wind, each call 0-20 dB above the background in its band) and ``field_hard`` (3-6 calls, at least two of them
 overlapping in time, harmonic stacks of 3-6 harmonics of a 0.5-3 kHz f0 that spread over several bands, over noise
 plus wind plus rain (and hum, p = 0.6), each call's RMS 10-30 dB *below* the whole background's RMS: a call shows
-only where the background is weak in its band, as a quiet bird over wind and rain).
+only where the background is weak in its band, as a quiet bird over wind and rain) and ``ultrasonic`` (``field``
+with bat-like echolocation: 2-5 calls, each with p = 0.6 a train of 2-8 ms downward FM pulses every 50-150 ms
+starting at up to 130 kHz, else a field call; for bat-detector rates of 192-500 kHz, valid at every rate).
 
 Ground truth per call: ``onset_s``/``offset_s`` (the call's span in the clip) and ``low_hz``/``high_hz`` (where its
 energy is: tonal calls get a margin of max(2 / duration, 5) Hz, the spectral spread of their envelope).
@@ -45,7 +47,7 @@ from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES
 
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES, ShardWriter
 
-PRESETS = ("basic", "field", "field_hard")
+PRESETS = ("basic", "field", "field_hard", "ultrasonic")
 CALL_TYPES = ("tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst")
 BASIC_CALL_TYPES = ("tone", "up_sweep", "down_sweep", "noise_burst")
 DEFAULT_SAMPLE_RATES = TRAIN_SAMPLE_RATES
@@ -233,6 +235,37 @@ def synth_noise_burst(rng: np.random.Generator, sample_rate: int, n: int) -> Cal
     return Call("noise_burst", _unit_rms(x), f_low, f_low + width)
 
 
+FM_PULSE_S = (0.002, 0.008)
+"""ultrasonic: duration of one echolocation pulse (seconds)."""
+FM_INTERVAL_S = (0.05, 0.15)
+"""ultrasonic: time from one pulse's start to the next's (seconds)."""
+FM_TOP_HZ = 130000.0
+"""ultrasonic: the highest start of a sweep (Hz): the top of most bats' echolocation."""
+
+
+def synth_fm_pulse_train(rng: np.random.Generator, sample_rate: int, n: int) -> Call:
+    """A bat-like echolocation sequence: steep downward linear FM pulses of 2-8 ms, one every 50-150 ms (at least
+    two), each sweeping from f_start down to 30-70 % of it. f_start is log-uniform in [0.4, 1] of the clip's top
+    (at most 130 kHz), so the sweeps are ultrasonic at 192-500 kHz and scale down into the band of lower rates. The
+    event spans the whole sequence and [f_end, f_start] widened by 2 / pulse length (the envelope's smear)."""
+    lo, hi = call_band_limits(sample_rate)
+    pulse = int(rng.uniform(*FM_PULSE_S) * sample_rate)
+    margin = 2.0 * sample_rate / pulse
+    top = min(hi - margin, FM_TOP_HZ)
+    f_start = _log_uniform(rng, max(0.4 * top, 4 * lo), top)
+    f_end = max(f_start * rng.uniform(0.3, 0.7), lo + margin)
+    interval = int(rng.uniform(*FM_INTERVAL_S) * sample_rate)
+    count = max(2, (n - pulse) // interval + 1)
+    interval = min(interval, (n - pulse) // (count - 1))
+    x = np.zeros(min(n, (count - 1) * interval + pulse))
+    t = np.arange(pulse) / sample_rate
+    d = pulse / sample_rate
+    chirp = np.sin(2 * np.pi * (f_start * t + (f_end - f_start) * t * t / (2 * d)))
+    for k, amp in enumerate(rng.uniform(0.6, 1.0, count)):
+        x[k * interval : k * interval + pulse] += amp * chirp * tukey(pulse, alpha=0.5)
+    return Call("fm_pulse_train", _unit_rms(x), f_end - margin, f_start + margin)
+
+
 CALL_SYNTHS: dict[str, Callable[[np.random.Generator, int, int], Call]] = {
     "tone": synth_tone,
     "up_sweep": lambda rng, sr, n: synth_sweep(rng, sr, n, up=True),
@@ -396,6 +429,21 @@ def _field_background(rng: np.random.Generator, n: int, sample_rate: int, hard: 
     return background, meta
 
 
+def _ultrasonic_calls(rng: np.random.Generator, sample_rate: int, duration_s: float) -> list[tuple[int, Call]]:
+    """2-5 calls at independent random times: each an FM pulse train (p = 0.6) or one of the field call types."""
+    placed = []
+    max_len = min(CALL_DURATION_S[1], duration_s - 2 * EDGE_MARGIN_S)
+    for _ in range(int(rng.integers(2, 6))):
+        n_call = int(rng.uniform(CALL_DURATION_S[0], max_len) * sample_rate)
+        if rng.random() < 0.6:
+            call = synth_fm_pulse_train(rng, sample_rate, max(n_call, int(0.2 * sample_rate)))
+        else:
+            call = CALL_SYNTHS[CALL_TYPES[int(rng.integers(0, len(CALL_TYPES)))]](rng, sample_rate, n_call)
+        start_s = rng.uniform(EDGE_MARGIN_S, duration_s - EDGE_MARGIN_S - call.wave.size / sample_rate)
+        placed.append((int(round(start_s * sample_rate)), call))
+    return placed
+
+
 HARD_CALL_TYPES = ("tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst")
 
 
@@ -427,7 +475,8 @@ def make_clip(
 
     Args:
         rng: numpy Generator.
-        preset: ``"basic"``, ``"field"`` or ``"field_hard"``.
+        preset: ``"basic"``, ``"field"``, ``"field_hard"`` or ``"ultrasonic"`` (field backgrounds, bat-like FM
+            pulse trains beside the field call types; meant for 192-500 kHz, valid at every rate).
         sample_rate: Hz, >= MIN_SAMPLE_RATE.
         duration_s: clip length in seconds (>= MIN_DURATION_S); the clip has round(duration_s * sample_rate) samples.
     Returns:
@@ -462,10 +511,10 @@ def make_clip(
             floor = band_power(power, freqs, n, centre - half, centre + half)
             snrs.append(10 * math.log10(gain**2 / max(floor, 1e-30)))
         snrs = np.asarray(snrs)
-    else:
+    else:  # field, ultrasonic: each call 0-20 dB above the background in its own band
         audio, meta = _field_background(rng, n, sample_rate)
         meta = {"preset": preset, **meta}
-        placed = _field_calls(rng, sample_rate, duration_s)
+        placed = (_ultrasonic_calls if preset == "ultrasonic" else _field_calls)(rng, sample_rate, duration_s)
         power = np.abs(np.fft.rfft(audio)) ** 2
         freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
         snrs = rng.uniform(*FIELD_SNR_DB, len(placed))

@@ -297,3 +297,28 @@ def test_synthetic_call_set_is_one_labelled_clip_per_call(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "labels.csv")
     with open(tmp_path / "cli" / "labels.csv", newline="") as fh:
         assert [(r["label"], r["group"]) for r in csv.DictReader(fh)] == [x[:2] for x in expected]
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 48000, 192000, 384000, 500000])
+def test_ultrasonic_has_bat_like_fm_pulse_trains_whose_boxes_hold_their_energy(sample_rate):
+    """ultrasonic: field backgrounds and call types plus FM pulse trains (2-8 ms downward sweeps every 50-150 ms);
+    at 192-500 kHz the sweeps lie above 9 kHz and reach past 60 kHz (where bats call), at every rate inside [150 Hz,
+    0.9 Nyquist], and
+    each box holds more energy than the same band outside it."""
+    trains, ratios = [], []
+    for seed in range(6):
+        audio, events, meta = _clip("ultrasonic", sample_rate, seed)
+        assert np.isfinite(audio).all() and np.abs(audio).max() == pytest.approx(0.9, abs=1e-6)
+        assert 2 <= len(events) <= 5 and len(meta["snr_db"]) == len(events)
+        for e in events:
+            assert e["label"] in CALL_TYPES + ("fm_pulse_train",)
+            assert F_MIN_HZ <= e["low_hz"] < e["high_hz"] <= 0.9 * sample_rate / 2
+            assert 0.0 <= e["onset_s"] < e["offset_s"] <= 3.0
+        trains += [e for e in events if e["label"] == "fm_pulse_train"]
+        ratios += [vs_time for e, (vs_time, _) in zip(events, _energy_ratios(audio, sample_rate, events))
+                   if e["label"] == "fm_pulse_train"]
+    assert len(trains) >= 6
+    if sample_rate >= 192000:
+        assert min(e["low_hz"] for e in trains) > 9000.0
+        assert max(e["high_hz"] for e in trains) > 60000.0
+    assert min(ratios) > 1.2 and np.median(ratios) > 3
