@@ -429,6 +429,11 @@ def _field_background(rng: np.random.Generator, n: int, sample_rate: int, hard: 
     return background, meta
 
 
+def preset_classes(preset: str) -> list[str]:
+    """The labels a preset's events can carry (the shard manifest's ``classes``)."""
+    return list(CALL_TYPES) + (["fm_pulse_train"] if preset == "ultrasonic" else [])
+
+
 def _ultrasonic_calls(rng: np.random.Generator, sample_rate: int, duration_s: float) -> list[tuple[int, Call]]:
     """2-5 calls at independent random times: each an FM pulse train (p = 0.6) or one of the field call types."""
     placed = []
@@ -616,7 +621,8 @@ def write_synth_shards(
 
     Clip i is :func:`synth_clip` ``(preset, seed, i, sample_rates, duration_s)``, so the same arguments give
     byte-identical shards, whatever ``workers``. Keys are ``synth-{preset}-{i:06d}_c0_000000000``; every sample is
-    ``labelled``, ``group`` = recording id; the classes are :data:`CALL_TYPES` for both presets.
+    ``labelled``, ``group`` = recording id; the classes are :data:`CALL_TYPES` (plus ``fm_pulse_train`` for
+    ``ultrasonic``), whatever the preset, so the field presets' class lists stay comparable.
 
     Args:
         out_dir: shard folder (see :class:`ShardWriter` for ``overwrite``).
@@ -642,7 +648,7 @@ def write_synth_shards(
         _check_rate_and_duration(rate, duration_s)
     clips = _synth_clips(preset, seed, n_clips, rates, duration_s, workers)
     with ShardWriter(out_dir, name or f"synth-{preset}", target_shard_bytes=target_shard_bytes,
-                     classes=list(CALL_TYPES), command=command, subtype=subtype, overwrite=overwrite) as writer:
+                     classes=preset_classes(preset), command=command, subtype=subtype, overwrite=overwrite) as writer:
         bar = tqdm(clips, total=n_clips, desc=f"synth {preset}", unit="clip",
                    disable=None if progress is None else not progress)
         for i, (sample_rate, audio, events, meta) in enumerate(bar):

@@ -20,6 +20,7 @@ from data_tools.synth import (
     ensure_synth_shards,
     make_clip,
     parse_sample_rates,
+    preset_classes,
     synth_clip,
     write_synth_shards,
     write_synthetic_calls,
@@ -318,6 +319,7 @@ def test_ultrasonic_has_bat_like_fm_pulse_trains_whose_boxes_hold_their_energy(s
         ratios += [vs_time for e, (vs_time, _) in zip(events, _energy_ratios(audio, sample_rate, events))
                    if e["label"] == "fm_pulse_train"]
     assert len(trains) >= 6
+    assert preset_classes("ultrasonic") == list(CALL_TYPES) + ["fm_pulse_train"]
     if sample_rate >= 192000:
         assert min(e["low_hz"] for e in trains) > 9000.0
         assert max(e["high_hz"] for e in trains) > 60000.0
