@@ -163,14 +163,12 @@ class BandPicker(nn.Module):
             return logits.masked_fill(~valid, float("-inf"))
 
         def window_logits(win: Tensor, log_capture: Tensor, covered: Tensor) -> Tensor:
-            """The logits at the padded-grid indices win (..., n) (log_capture and covered already windowed)."""
-            lead = win.shape[:-1]
-            flat = win.reshape(win.shape[0], -1)  # (B, (K x) n)
-            h_win = torch.gather(h_padded, 2, flat[:, None, :].expand(-1, h_padded.shape[1], -1))
-            h_win = h_win.reshape(win.shape[0], h_padded.shape[1], *lead[1:], win.shape[-1])
-            if len(lead) > 1:  # (B, C, K, n) -> (B, K, C, n)
-                h_win = h_win.movedim(1, -2)
-            return logits_of(h_win, log_capture, covered, torch.gather(valid_padded, 1, flat).reshape(win.shape))
+            """The logits (B, K, n) at the padded-grid indices win (B, K, n) (log_capture, covered windowed)."""
+            b, k, n = win.shape
+            h_win = torch.gather(h_padded, 2, win.reshape(b, 1, k * n).expand(-1, h_padded.shape[1], -1))
+            h_win = h_win.view(b, -1, k, n).movedim(1, 2)  # (B, K, C, n)
+            valid = torch.gather(valid_padded, 1, win.reshape(b, k * n)).view(b, k, n)
+            return logits_of(h_win, log_capture, covered, valid)
 
         # The greedy bookkeeping (what is left to capture, what is covered, which window each band reads) is a
         # statistic of the bands already picked, run without gradient: each band learns where to go given the
@@ -191,7 +189,8 @@ class BandPicker(nn.Module):
                 peak = logits_of(h_head, log_capture, covered, start_valid).argmax(-1, keepdim=True)
                 win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
                 lc, cv = torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win)
-                f_k = (torch.softmax(window_logits(win, lc, cv), dim=-1) * freqs_padded[win]).sum(-1)
+                logits = window_logits(win[:, None], lc[:, None], cv[:, None])[:, 0]
+                f_k = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)
                 keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
                 residual.mul_(keep)
                 uncovered.mul_(keep)

@@ -64,11 +64,6 @@ class MaskedInstanceNorm(nn.Module):
 
     def forward(self, x: Tensor, valid_frames: Tensor | None) -> Tensor:
         """x (B, C, L), valid_frames (B,) int (None: all L frames valid) -> (B, C, L), statistics in fp32."""
-        if valid_frames is None or bool((valid_frames >= x.shape[2]).all()):
-            # Every frame valid: the fused group norm computes the same statistics 4x faster (measured).
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                y = nn.functional.group_norm(x.float(), x.shape[1], self.weight.float(), self.bias.float(), self.eps)
-            return y.to(x.dtype)
         frames = torch.arange(x.shape[2], device=x.device)[None, :]
         valid = frames < (valid_frames[:, None] if valid_frames is not None else x.shape[2])
         return masked_instance_norm(x, valid, self.weight, self.bias, self.eps)
