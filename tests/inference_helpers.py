@@ -3,7 +3,10 @@ folders written the way ``a2v-het export`` writes them, and a folder of good and
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +85,19 @@ def write_audio_folder(root: Path, seed: int = 0) -> Path:
     os.unlink(full)
     (root / "notes.flac").write_text("not audio\n")
     return root
+
+
+def peak_rss_growth(warm_up: str, call: str, cwd: Path, threads: int) -> dict:
+    """Run ``warm_up`` (Python statements), then ``res = <call>`` in a fresh interpreter with ``threads`` torch
+    threads; returns ``res`` (a dict) plus ``growth_kb``, how far the call raised the process's peak RSS (KiB).
+    The warm-up loads the model and touches every code path first, so the growth is what the call holds."""
+    driver = (f"import json, resource\n{warm_up}\n"
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              f"res = {call}\n"
+              "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "print(json.dumps({'growth_kb': after - before, **res}, default=str))\n")
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])

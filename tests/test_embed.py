@@ -17,7 +17,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from inference_helpers import BROKEN, GOOD, write_audio_folder, write_detector_export, write_encoder_export
+from inference_helpers import (
+    BROKEN,
+    GOOD,
+    peak_rss_growth,
+    write_audio_folder,
+    write_detector_export,
+    write_encoder_export,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,23 +296,13 @@ def test_embed_long_recording_bounded_memory(encoder_export, tmp_path):
             for _ in range(minutes):
                 fh.write((0.05 * rng.standard_normal(60 * 16000)).astype(np.float32))
     out = tmp_path / "emb"
-    driver = (
-        "import resource, json\n"
-        "from a2v_het.eval.embed import embed_files\n"
-        f"embed_files({str(encoder_export)!r}, [{str(tmp_path / 'short.flac')!r}], {str(tmp_path / 'warm')!r},"
-        " window_s=10.0, pool='none', batch_size=4, progress=False)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"res = embed_files({str(encoder_export)!r}, [{str(tmp_path / 'long.flac')!r}], {str(out)!r}, window_s=10.0,"
-        " pool='none', batch_size=4, progress=False)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'growth_kb': after - before, 'exit': res['exit_code'], 'rows': res['rows']}))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    warm_up = ("from a2v_het.eval.embed import embed_files\n"
+               f"embed_files({str(encoder_export)!r}, [{str(tmp_path / 'short.flac')!r}], {str(tmp_path / 'warm')!r},"
+               " window_s=10.0, pool='none', batch_size=4, progress=False)")
+    res = peak_rss_growth(warm_up, f"embed_files({str(encoder_export)!r}, [{str(tmp_path / 'long.flac')!r}], "
+                          f"{str(out)!r}, window_s=10.0, pool='none', batch_size=4, progress=False)", tmp_path, 1)
     print(f"embed 30 min per token: peak RSS growth {res['growth_kb'] / 1024:.1f} MB")
-    assert res["exit"] == 0 and res["rows"] == 180
+    assert res["exit_code"] == 0 and res["rows"] == 180
     # 15.5 MB measured: holding the audio (110 MB) or the output (23 MB, on top of that) would exceed the bound
     assert res["growth_kb"] < 30 * 1024, res["growth_kb"]
     arr = np.load(out / "embeddings" / "long.npy", mmap_mode="r")

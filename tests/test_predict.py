@@ -2,16 +2,14 @@
 1 h recording at 8 kHz (written block-wise) with planted tones; predict runs in a subprocess with bounded memory and
 its Raven selection table must hold the planted calls."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+
+from inference_helpers import peak_rss_growth
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 8000
@@ -128,21 +126,11 @@ def test_predict_one_hour_bounded_memory_and_planted_calls(tone_detector, long_r
 
     path, planted = long_recording
     out = tmp_path / "pred"
-    driver = (
-        "import resource, sys, json\n"
-        "from a2v_het.eval.evaluate import load_detector\n"
-        "from a2v_het.eval.predict import predict\n"
-        f"load_detector({str(tone_detector)!r})\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        f"res = predict({str(tone_detector)!r}, [{str(path)!r}], {str(out)!r}, window_s=30.0, hop_s=30.0,"
-        " batch_size=2, progress=False)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'growth_kb': after - before, **res}))\n")
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    warm_up = ("from a2v_het.eval.evaluate import load_detector\n"
+               "from a2v_het.eval.predict import predict\n"
+               f"load_detector({str(tone_detector)!r})")
+    res = peak_rss_growth(warm_up, f"predict({str(tone_detector)!r}, [{str(path)!r}], {str(out)!r}, window_s=30.0, "
+                          "hop_s=30.0, batch_size=2, progress=False)", ROOT, 2)
     # 1 h at 8 kHz is 115 MB as float32: bounded streaming stays far below that.
     print(f"predict 1 h: peak RSS growth {res['growth_kb'] / 1024:.1f} MB")
     assert res["growth_kb"] < 100 * 1024, res["growth_kb"]
