@@ -111,16 +111,27 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return launch.run(args, prepare=lambda cfg: make_data(cfg, is_main=True))
 
 
+def _hz_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH in Hz (e.g. 15000,120000), got {text!r}") from None
+    if not 0 <= low < high:
+        raise argparse.ArgumentTypeError(f"expected 0 <= LOW < HIGH, got {low:g},{high:g}")
+    return low, high
+
+
 def _cmd_coverage(args: argparse.Namespace) -> int:
-    if args.checkpoint is None and args.picker in ("learned", "untrained"):
-        print(f"a2v-het coverage: --picker {args.picker} needs --checkpoint", file=sys.stderr)
+    if args.checkpoint is None and args.picker == "learned":
+        print("a2v-het coverage: --picker learned needs --checkpoint (or --picker untrained for the default "
+              "config's untrained start)", file=sys.stderr)
         return 2
-    # Non-learned pickers without a checkpoint use the default heterodyne config (K, W, gamma, statistics).
+    # Without a checkpoint: the default heterodyne config (K, widths, gamma, statistics), fresh weights.
     frontend = load_frontend(args.checkpoint)[0] if args.checkpoint else build_frontend(FrontendConfig()).eval()
     frontend = build_picker(args.picker, frontend, seed=args.seed)
     report = coverage_report(frontend, args.data, args.split, batch_size=args.batch_size,
                              plot_dir=args.plot_dir, plot_tag=args.plot_tag, num_workers=args.num_workers,
-                             progress=not args.json)
+                             progress=not args.json, transient_hz=args.transient_hz)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -162,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--num-workers", type=int, default=0)
     cv.add_argument("--plot-dir", default=None, help="write bands/coverage PNGs here")
     cv.add_argument("--plot-tag", default="coverage")
+    cv.add_argument("--transient-hz", type=_hz_range, default=None, metavar="LOW,HIGH",
+                    help="also report the share of each clip's transient energy in LOW-HIGH Hz inside the bands "
+                         "(for recordings without annotations; bats: 15000,120000)")
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(func=_cmd_coverage)
 

@@ -31,8 +31,8 @@ from data_tools.inspect_shards import format_summary, inspect_folder, plot_summa
 from data_tools.shard import CHANNEL_MODES, ShardOptions, ShardUsageError, format_report, shard_folder
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES
 from data_tools.sources import TAILS
-from data_tools.synth import (DEFAULT_SAMPLE_RATES, PRESETS, parse_sample_rates, write_synth_shards,
-                              write_synthetic_calls)
+from data_tools.synth import (DEFAULT_SAMPLE_RATES, PRESETS, parse_sample_rates, preset_sample_rates,
+                              write_synth_shards, write_synthetic_calls)
 
 
 def _positive_int(text: str) -> int:
@@ -71,7 +71,7 @@ def _run_synth(args: argparse.Namespace, command: str) -> int:
         args.out_dir,
         args.preset,
         args.clips,
-        sample_rates=args.sample_rates,
+        sample_rates=args.sample_rates or preset_sample_rates(args.preset),
         duration_s=args.duration,
         seed=args.seed,
         split=args.split,
@@ -101,9 +101,10 @@ def _add_synth(subparsers: argparse._SubParsersAction) -> None:
                              "ultrasonic: field plus bat-like FM pulse trains (2-8 ms sweeps up to 130 kHz)")
     parser.add_argument("--clips", type=_positive_int, default=1000, help="number of clips (default %(default)s)")
     parser.add_argument("--duration", type=_positive_float, default=3.0, help="seconds per clip (default %(default)s)")
-    parser.add_argument("--sample-rates", type=_sample_rates, default=list(DEFAULT_SAMPLE_RATES),
+    parser.add_argument("--sample-rates", type=_sample_rates, default=None,
                         help="comma-separated rates in Hz, one drawn per clip (default "
-                             f"{','.join(map(str, DEFAULT_SAMPLE_RATES))})")
+                             f"{','.join(map(str, DEFAULT_SAMPLE_RATES))}; for ultrasonic "
+                             f"{','.join(map(str, preset_sample_rates('ultrasonic')))})")
     parser.add_argument("--split", choices=SPLITS, default="train", help="split to write (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; same arguments give identical shards")
     parser.add_argument("--name", default=None, help="shard name prefix (default synth-PRESET)")

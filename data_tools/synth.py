@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from a2v_het.atomic import atomic_open, atomic_write_text
 from a2v_het.data.manifest import MANIFEST_NAME
-from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES
+from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, ULTRASONIC_SAMPLE_RATES
 
 from data_tools.shard_writer import DEFAULT_TARGET_SHARD_BYTES, ShardWriter
 
@@ -51,6 +51,12 @@ PRESETS = ("basic", "field", "field_hard", "ultrasonic")
 CALL_TYPES = ("tone", "up_sweep", "down_sweep", "harmonic", "click_train", "noise_burst")
 BASIC_CALL_TYPES = ("tone", "up_sweep", "down_sweep", "noise_burst")
 DEFAULT_SAMPLE_RATES = TRAIN_SAMPLE_RATES
+
+
+def preset_sample_rates(preset: str) -> tuple[int, ...]:
+    """The rates ``data_tools synth --preset PRESET`` draws from when none are given: bat detectors' for
+    ``ultrasonic`` (its sweeps reach 130 kHz), the training rates for the others."""
+    return ULTRASONIC_SAMPLE_RATES if preset == "ultrasonic" else DEFAULT_SAMPLE_RATES
 MIN_SAMPLE_RATE = 4000
 """Lowest rate at which every call type still fits (a click train needs its 1 kHz-wide band above 1 kHz)."""
 MIN_DURATION_S = 0.25

@@ -33,10 +33,10 @@ def test_zoo_tiny_run_reports_every_row_and_resumes(tmp_path):
     assert set(ref["test_unseen"]["per_class_f1_iou"]) == classes
     for key, r in report["results"].items():
         assert r["pretrained"] == ("scratch" not in key)
-        for split in ("test_seen", "test_unseen"):
+        for split in ("test_seen", "test_unseen", "test_high"):
             assert 0.0 <= r[split]["frame_map"] <= 1.0
             assert set(r[split]["per_class_f1_iou"]) == classes
-            # one threshold set, tuned on val (seen rates), used for both test splits
+            # one threshold set, tuned on val (seen rates), used for every test split
             assert r[split]["thresholds"] == r["test_seen"]["thresholds"]
         if r["pretrained"]:
             steps = [s for s, _ in r["pretrain_curve"]]
@@ -45,10 +45,13 @@ def test_zoo_tiny_run_reports_every_row_and_resumes(tmp_path):
         else:
             assert "pretrain_curve" not in r
     # the unseen-rate test split really holds rates outside the training set
-    manifests = {n: json.loads((out / "data" / n / "manifest.json").read_text()) for n in ("train", "test_unseen")}
+    manifests = {n: json.loads((out / "data" / n / "manifest.json").read_text())
+                 for n in ("train", "test_unseen", "test_high")}
     seen = set(manifests["train"]["splits"]["train"]["hours_by_sample_rate"])
     unseen = set(manifests["test_unseen"]["splits"]["test"]["hours_by_sample_rate"])
+    high = {float(r) for r in manifests["test_high"]["splits"]["test"]["hours_by_sample_rate"]}
     assert unseen and not (seen & unseen)
+    assert high and min(high) > 96000
     assert (out / "pretrain_loss.png").read_bytes()[:4] == b"\x89PNG"
     md = (out / "zoo.md").read_text()
     assert md.count("| heterodyne | pretrained |") == 2 and "| logmel | scratch |" in md

@@ -324,3 +324,12 @@ def test_ultrasonic_has_bat_like_fm_pulse_trains_whose_boxes_hold_their_energy(s
         assert min(e["low_hz"] for e in trains) > 9000.0
         assert max(e["high_hz"] for e in trains) > 60000.0
     assert min(ratios) > 1.2 and np.median(ratios) > 3
+
+
+def test_cli_synth_ultrasonic_defaults_to_bat_detector_rates(tmp_path, capsys):
+    """Without --sample-rates the ultrasonic preset draws bat detectors' rates (192-500 kHz), never above 96 kHz."""
+    assert cli_main(["synth", str(tmp_path / "u"), "--preset", "ultrasonic", "--clips", "6", "--duration", "0.3",
+                     "--split", "val", "--workers", "1"]) == 0
+    capsys.readouterr()
+    rates = json.loads((tmp_path / "u" / "manifest.json").read_text())["splits"]["val"]["hours_by_sample_rate"]
+    assert rates and {int(float(r)) for r in rates} <= {192000, 250000, 384000, 500000}

@@ -4,7 +4,8 @@ For each frontend (``--frontends``) the same tiny data2vec model (``--recipe``, 
 pretrained for ``--pretrain-steps`` on synthetic ``field`` clips at the seen rates (8-48 kHz), exported, fine-tuned
 for ``--finetune-steps`` as a call-type detector (``--finetune-recipe``), and evaluated with per-class thresholds
 tuned on a validation split at the seen rates and applied unchanged to two test splits: clips at the seen rates and
-clips at rates never seen in training (6-96 kHz). ``--scratch`` frontends are also fine-tuned from a random
+clips at rates never seen in training: 6-96 kHz (``test_unseen``) and 192-500 kHz (``test_high``, bat detectors'
+rates). ``--scratch`` frontends are also fine-tuned from a random
 initialisation with the same fine-tuning budget (no pretraining), the baseline the pretraining must beat.
 
 "Equal compute" here means the same encoder, batch, clip length and number of optimiser steps for every frontend;
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from a2v_het.atomic import atomic_path, atomic_write_text
 from a2v_het.data.manifest import read_manifest
-from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
+from a2v_het.data.sample_rates import TRAIN_SAMPLE_RATES, ULTRASONIC_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
 from a2v_het.data.stream import make_eval_loader
 from a2v_het.data.targets import events_to_frame_targets
 from a2v_het.eval.evaluate import evaluate_checkpoint
@@ -41,7 +42,9 @@ from a2v_het.eval.events import event_prf, frame_map
 from a2v_het.frontend.config import FRONTEND_NAMES as FRONTENDS
 from a2v_het.train.checkpoint import checkpoint_root, latest_tag
 
-SEEN_RATES, UNSEEN_RATES = TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES
+SEEN_RATES, UNSEEN_RATES, HIGH_RATES = TRAIN_SAMPLE_RATES, UNSEEN_SAMPLE_RATES, ULTRASONIC_SAMPLE_RATES
+TEST_SPLITS = ("test_seen", "test_unseen", "test_high")
+"""The test shard folders: seen rates, unseen 6-96 kHz, unseen 192-500 kHz."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,6 +62,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="clip duration")
     parser.add_argument("--conv-channels", type=int, default=64, help="channels of the conv extractor row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="recipe overrides for every pretraining and fine-tuning run (e.g. "
+                             "frontend.heterodyne.band_picker=uniform); use a separate --out per setting")
     parser.add_argument("--json", action="store_true", help="print zoo.json instead of the tables")
 
 
@@ -67,7 +73,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 def make_data(out: Path, clips: int, eval_clips: int, seconds: float, seed: int) -> dict[str, Path]:
     """Synthetic ``field`` shard folders (made once): train (seen rates) with its ``-eval`` folder (unseen rates,
-    split ``val``, read by the pretraining loop's coverage table), val (seen), test_seen, test_unseen."""
+    split ``val``, read by the pretraining loop's coverage table), val (seen), test_seen, test_unseen, test_high."""
     # lazy: data_tools.synth (+80 ms: scipy.signal) would load with every `a2v-het` command, --help too
     from data_tools.synth import write_synth_shards
 
@@ -77,6 +83,7 @@ def make_data(out: Path, clips: int, eval_clips: int, seconds: float, seed: int)
         "val": (eval_clips, SEEN_RATES, seed + 2, "val"),
         "test_seen": (eval_clips, SEEN_RATES, seed + 3, "test"),
         "test_unseen": (eval_clips, UNSEEN_RATES, seed + 4, "test"),
+        "test_high": (eval_clips, HIGH_RATES, seed + 5, "test"),
     }
     paths = {}
     for name, (n, rates, s, split) in plan.items():
@@ -147,10 +154,13 @@ def _timed(state: dict, key: str, fn) -> float:
     return state[key]
 
 
-def evaluate_both(run_dir: Path, data: dict[str, Path]) -> dict[str, Any]:
-    """Thresholds tuned on val (seen rates), applied unchanged to test_seen and test_unseen."""
-    out = {}
-    for which in ("test_seen", "test_unseen"):
+def evaluate_splits(run_dir: Path, data: dict[str, Path], done: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Thresholds tuned on val (seen rates), applied unchanged to every test split; the splits in ``done`` are kept
+    (a zoo folder from before a split existed gains only the new one)."""
+    out = dict(done or {})
+    for which in TEST_SPLITS:
+        if which in out:
+            continue
         rep = evaluate_checkpoint(run_dir, data[which], split="test", val_split="val", val_data=data["val"])
         out[which] = {"frame_map": rep["test"]["frame_map"], "event_f1_iou": rep["test"]["event_iou"]["macro_f1"],
                       "event_f1_collar": rep["test"]["event_collar"]["macro_f1"],
@@ -197,7 +207,7 @@ def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
     scratch = [n for n in args.scratch.split(",") if n]
     data = make_data(out, args.clips, args.eval_clips, args.seconds, args.seed)
     common = [f"data.duration_s={args.seconds}", "data.synthesize_if_missing=false", "logging.wandb=disabled",
-              f"train.seed={args.seed}"]
+              f"train.seed={args.seed}", *args.overrides]
     results: dict[str, Any] = {}
     rows = [(n, True) for n in names] + [(n, False) for n in scratch]
     for name, pretrained in tqdm(rows, desc="zoo", unit="run"):
@@ -230,20 +240,21 @@ def run_zoo(args: argparse.Namespace) -> dict[str, Any]:
              *common, *([] if init else fe), *init], ft.with_suffix(".log")))
         save_state()
         res["finetune_s"] = st["finetune_s"]
-        if "scores" not in st:
-            st["scores"] = evaluate_both(ft, data)
+        if any(which not in st.get("scores", {}) for which in TEST_SPLITS):
+            st["scores"] = evaluate_splits(ft, data, st.get("scores"))
             save_state()
         res.update(st["scores"])
         results[key] = res
 
-    if "reference" not in state:
-        state["reference"] = {which: whole_clip_reference(data[which]) for which in ("test_seen", "test_unseen")}
+    reference = state.setdefault("reference", {})
+    if any(which not in reference for which in TEST_SPLITS):
+        reference.update({which: whole_clip_reference(data[which]) for which in TEST_SPLITS if which not in reference})
         save_state()
     results["reference"] = {"frontend": "whole-clip detector", "pretrained": None, "finetune_s": None,
                             **state["reference"]}
     report = {"frontends": names, "scratch": scratch, "settings": {k: v for k, v in vars(args).items()
                                                                     if k not in ("func", "bench_run")},
-              "seen_rates": SEEN_RATES, "unseen_rates": UNSEEN_RATES, "results": results}
+              "seen_rates": SEEN_RATES, "unseen_rates": UNSEEN_RATES, "high_rates": HIGH_RATES, "results": results}
     atomic_write_text(out / "zoo.json", json.dumps(report, indent=2) + "\n")
     atomic_write_text(out / "zoo.md", format_tables(report) + "\n")
     plot_curves(report, out / "pretrain_loss.png")
@@ -262,23 +273,24 @@ def format_tables(report: dict[str, Any]) -> str:
         return "-" if x is None or x != x else f"{x:.3f}"
 
     lines = ["| frontend | init | pretrain s | finetune s | regression loss first -> last | frame mAP seen | "
-             "event F1 seen | event F1 unseen | frame mAP unseen | collar F1 seen | collar F1 unseen |",
-             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+             "event F1 seen | event F1 unseen | event F1 > 96 kHz | frame mAP unseen | frame mAP > 96 kHz | "
+             "collar F1 seen | collar F1 unseen |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, r in report["results"].items():
         curve = r.get("pretrain_curve") or []
         loss = f"{curve[0][1]:.2f} -> {curve[-1][1]:.2f}" if curve else "-"
         pre_s = f"{r['pretrain_s']:.0f}" if "pretrain_s" in r else "-"
         ft_s = f"{r['finetune_s']:.0f}" if r.get("finetune_s") is not None else "-"
-        s, u = r["test_seen"], r["test_unseen"]
-        lines.append(f"| {r['frontend']} | {_init(r)} | {pre_s} | {ft_s} | {loss} | {f(s['frame_map'])} | {f(s['event_f1_iou'])} | "
-                     f"{f(u['event_f1_iou'])} | {f(u['frame_map'])} | {f(s['event_f1_collar'])} | "
+        s, u, hi = r["test_seen"], r["test_unseen"], r["test_high"]
+        lines.append(f"| {r['frontend']} | {_init(r)} | {pre_s} | {ft_s} | {loss} | {f(s['frame_map'])} | "
+                     f"{f(s['event_f1_iou'])} | {f(u['event_f1_iou'])} | {f(hi['event_f1_iou'])} | "
+                     f"{f(u['frame_map'])} | {f(hi['frame_map'])} | {f(s['event_f1_collar'])} | "
                      f"{f(u['event_f1_collar'])} |")
     classes = sorted({c for r in report["results"].values() for c in r["test_seen"]["per_class_f1_iou"]})
-    lines += ["", "Per-class event F1 (IoU >= 0.3), seen / unseen rates:", "",
+    lines += ["", "Per-class event F1 (IoU >= 0.3), seen / unseen / > 96 kHz rates:", "",
               "| frontend | init | " + " | ".join(classes) + " |", "|---|---|" + "---:|" * len(classes)]
     for r in report["results"].values():
-        cells = [f"{f(r['test_seen']['per_class_f1_iou'].get(c))} / {f(r['test_unseen']['per_class_f1_iou'].get(c))}"
-                 for c in classes]
+        cells = [" / ".join(f(r[which]["per_class_f1_iou"].get(c)) for which in TEST_SPLITS) for c in classes]
         lines.append(f"| {r['frontend']} | {_init(r)} | " + " | ".join(cells)
                      + " |")
     return "\n".join(lines)

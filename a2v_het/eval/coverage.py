@@ -30,7 +30,8 @@ from a2v_het.data.stream import make_eval_loader
 from a2v_het.frontend import build_frontend
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.coverage_losses import EPS, captured_fractions, surprise, variance_distribution
-from a2v_het.frontend.spectrum import grid_power_statistics
+from a2v_het.eval.transients import transient_capture, transient_energy
+from a2v_het.frontend.spectrum import grid_power_spectrogram, grid_power_statistics
 from a2v_het.recipe import PretrainConfig
 from a2v_het.runs import load_weights, resolve_weights
 
@@ -39,20 +40,23 @@ MASK_THRESHOLD = 0.5
 POINTS_PER_CALL = 65
 
 
-def call_coverage(band_start_hz: torch.Tensor, band_width_hz: float, gamma_hz: float, low_hz: float,
+def call_coverage(band_start_hz: torch.Tensor, band_width_hz: float | torch.Tensor, gamma_hz: float, low_hz: float,
                   high_hz: float) -> tuple[float, float]:
-    """Fractions of [low_hz, high_hz] under M >= 0.5 and inside the passbands. band_start_hz: (K,) Hz."""
+    """Fractions of [low_hz, high_hz] under M >= 0.5 and inside the passbands. band_start_hz: (K,) Hz;
+    band_width_hz: W or (K,) widths W_k, Hz."""
     lo, hi = min(low_hz, high_hz), max(low_hz, high_hz)
     pts = torch.linspace(lo, hi, POINTS_PER_CALL if hi > lo else 1, dtype=torch.float64)
     starts = band_start_hz.detach().double().cpu()[None]
-    m = soft_or(cauchy_band_masks(pts, starts, band_width_hz, gamma_hz))[0]
-    inside = ((pts[None, :] >= starts[0, :, None]) & (pts[None, :] <= starts[0, :, None] + band_width_hz)).any(0)
+    widths = torch.as_tensor(band_width_hz, dtype=torch.float64).detach().cpu().expand(starts.shape[1])[None]
+    m = soft_or(cauchy_band_masks(pts, starts, widths, gamma_hz))[0]
+    inside = ((pts[None, :] >= starts[0, :, None]) & (pts[None, :] <= (starts + widths)[0, :, None])).any(0)
     return float((m >= MASK_THRESHOLD).double().mean()), float(inside.double().mean())
 
 
 def clip_metrics(band_start_hz: torch.Tensor, variance: torch.Tensor, mask: torch.Tensor, freq_valid: torch.Tensor,
-                 events: list[dict], band_width_hz: float, gamma_hz: float) -> dict[str, Any]:
-    """Metrics of one clip. band_start_hz (K,), variance/mask/freq_valid (G,) on the analysis grid."""
+                 events: list[dict], band_width_hz: float | torch.Tensor, gamma_hz: float) -> dict[str, Any]:
+    """Metrics of one clip. band_start_hz (K,) and band_width_hz (W or (K,)) in Hz, variance/mask/freq_valid (G,)
+    on the analysis grid."""
     calls = [e for e in events if e.get("low_hz") is not None and e.get("high_hz") is not None]
     soft, hard = [], []
     for e in calls:
@@ -81,7 +85,7 @@ def clip_metrics(band_start_hz: torch.Tensor, variance: torch.Tensor, mask: torc
 def aggregate(per_clip: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """Rows per sample rate and overall: fractions of clips (None entries skipped), means of the fractions."""
     keys = ["all_cov", "any_cov", "all_cov_pass", "energy_overlap", "surprise_overlap", "captured_variance",
-            "captured_surprise"]
+            "captured_surprise", "transient_capture"]
     groups: dict[int, list[dict]] = defaultdict(list)
     for sr, m in per_clip:
         groups[sr].append(m)
@@ -89,7 +93,7 @@ def aggregate(per_clip: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     def row(ms: list[dict]) -> dict[str, Any]:
         out: dict[str, Any] = {"samples": len(ms), "calls": sum(m["n_calls"] for m in ms)}
         for k in keys:
-            vals = [float(m[k]) for m in ms if m[k] is not None]
+            vals = [float(m[k]) for m in ms if m.get(k) is not None]
             out[k] = float(np.mean(vals)) if vals else math.nan
         return out
 
@@ -105,8 +109,13 @@ def aggregate(per_clip: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
 @torch.no_grad()
 def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, max_batches: int | None = None,
                     device: torch.device | str = "cpu", plot_dir: Path | None = None, plot_tag: str = "final",
-                    num_workers: int = 0, n_plot: int = 8, progress: bool = False) -> dict[str, Any]:
-    """Run the frontend's band picker over an eval split; returns the table (and writes PNGs to ``plot_dir``)."""
+                    num_workers: int = 0, n_plot: int = 8, progress: bool = False,
+                    transient_hz: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Run the frontend's band picker over an eval split; returns the table (and writes PNGs to ``plot_dir``).
+
+    ``transient_hz = (low, high)``: also the share of each clip's transient energy in [low, high] Hz that the hard
+    passbands hold (:mod:`a2v_het.eval.transients`), the measure for recordings nobody annotated (bat detectors:
+    15-120 kHz)."""
     h = frontend.h
     loader = make_eval_loader(shard_dir, batch_size, num_workers, split=split, rank=0, world_size=1)
     per_clip: list[tuple[int, dict]] = []
@@ -127,20 +136,32 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
             # The metrics are defined on the seed's statistic, Var_t of the power, whatever the frontend trains on.
             variance = grid_power_statistics(wave, rates, lengths, h.stft_window_s, h.stft_hop_s,
                                              variance.shape[1], a.stats.grid_hz).variance
+        captured = None
+        if transient_hz is not None:
+            spec = grid_power_spectrogram(wave, rates, lengths, h.stft_window_s, h.stft_hop_s, variance.shape[1],
+                                          a.stats.grid_hz)
+            captured = transient_capture(transient_energy(spec.power, spec.frame_valid), spec.freqs_hz,
+                                         a.band_start_hz, a.band_width_hz, *transient_hz)
         for b in range(wave.shape[0]):
             sr = int(rates[b])
             m = clip_metrics(a.band_start_hz[b].cpu(), variance[b].cpu(), a.mask[b].cpu(),
-                             a.stats.freq_valid[b].cpu(), batch["events"][b], h.band_width_hz, h.cauchy_width_hz)
+                             a.stats.freq_valid[b].cpu(), batch["events"][b], a.band_width_hz[b].cpu(),
+                             h.cauchy_width_hz)
+            m["transient_capture"] = None if captured is None else float(captured[b])
             per_clip.append((sr, m))
             if sr not in examples:
                 examples[sr] = (wave[b, : int(lengths[b])].float().cpu().numpy(), sr,
-                                a.band_start_hz[b].cpu().numpy(), batch["events"][b])
+                                a.band_start_hz[b].cpu().numpy(), batch["events"][b], float(a.band_width_hz[b, 0]))
     report = aggregate(per_clip)
     report["definitions"] = {
         "covered": f">= {COVERED_FRACTION:.0%} of [low_hz, high_hz] where M(f) >= {MASK_THRESHOLD}",
         "all_cov_pass": "as all_cov, but counting only the hard passbands [f_k, f_k + W]",
     }
-    report["config"] = {"num_bands": h.num_bands, "band_width_hz": h.band_width_hz,
+    if transient_hz is not None:
+        report["definitions"]["transient_capture"] = (
+            f"share of the transient energy (> 6 dB above each bin's median) in {transient_hz[0]:g}-"
+            f"{transient_hz[1]:g} Hz inside the hard passbands, mean over clips")
+    report["config"] = {"num_bands": h.num_bands, "band_widths_hz": list(h.widths),
                         "cauchy_width_hz": h.cauchy_width_hz, "mixing": h.mixing}
     if plot_dir is not None and per_clip:
         # lazy: eval.plots imports matplotlib (0.4 s), needed only when PNGs are asked for
@@ -151,7 +172,7 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
         ex = [examples[sr] for sr in sorted(examples)][:n_plot]
         bands_png = plot_bands_over_spectrograms(
             plot_dir / f"bands_{plot_tag}.png", [e[0] for e in ex], [e[1] for e in ex], [e[2] for e in ex],
-            h.band_width_hz, events=[e[3] for e in ex])
+            [e[4] for e in ex], events=[e[3] for e in ex])
         cov_png = plot_coverage_by_rate(plot_dir / f"coverage_by_rate_{plot_tag}.png", report["by_sample_rate"])
         report["plots"] = {"bands": str(bands_png), "coverage_by_rate": str(cov_png)}
     return report
@@ -159,9 +180,11 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
 
 def format_table(report: dict[str, Any]) -> str:
     """The seed's table (plus the stricter pass variant and the captured fractions) as Markdown."""
+    t = report["overall"].get("transient_capture")
+    transients = t is not None and not math.isnan(t)  # asked for and measured
     head = ("| SR (Hz) | Samples | All Cov | Any Cov | Energy Overlap | Surprise Overlap | All Cov (pass) "
-            "| Captured var | Captured surprise |")
-    lines = [head, "|" + "---|" * 9]
+            "| Captured var | Captured surprise |" + (" Transient capture |" if transients else ""))
+    lines = [head, "|" + "---|" * (10 if transients else 9)]
 
     def pct(x: float) -> str:
         return "n/a" if x != x else f"{100 * x:.1f}%"
@@ -169,7 +192,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in report["by_sample_rate"] + [{"sample_rate": "all", **report["overall"]}]:
         lines.append(f"| {r['sample_rate']} | {r['samples']} | {pct(r['all_cov'])} | {pct(r['any_cov'])} | "
                      f"{pct(r['energy_overlap'])} | {pct(r['surprise_overlap'])} | {pct(r['all_cov_pass'])} | "
-                     f"{r['captured_variance']:.3f} | {r['captured_surprise']:.3f} |")
+                     f"{r['captured_variance']:.3f} | {r['captured_surprise']:.3f} |"
+                     + (f" {pct(r['transient_capture'])} |" if transients else ""))
     if report.get("by_label"):
         lines += ["", "| call type | calls | covered |", "|---|---|---|"]
         lines += [f"| {r['label']} | {r['calls']} | {pct(r['covered'])} |" for r in report["by_label"]]

@@ -27,7 +27,8 @@ CANDIDATE_STEP_FRACTION = 0.25
 """spectral_flux / entropy: candidate band starts every W * this Hz."""
 
 
-def _start_range(sample_rate: Tensor, band_min_hz: float, band_width_hz: float) -> tuple[Tensor, Tensor]:
+def _start_range(sample_rate: Tensor, band_min_hz: float, band_width_hz: float | Tensor) -> tuple[Tensor, Tensor]:
+    """(B,) lowest and highest start of each clip; ``band_width_hz`` one W or (B,) one per clip."""
     lo = torch.full(sample_rate.shape, band_min_hz, dtype=torch.float32, device=sample_rate.device)
     return lo, sample_rate.float() / 2 - band_width_hz
 
@@ -49,8 +50,9 @@ def greedy_starts(statistic: Tensor, sample_rate: Tensor, num_bands: int, band_w
     return torch.stack(starts, dim=1)
 
 
-def uniform_starts(sample_rate: Tensor, num_bands: int, band_width_hz: float, band_min_hz: float) -> Tensor:
-    """(B, K): starts evenly spaced from band_min_hz to nyquist - W (band k of K at fraction k / (K - 1))."""
+def uniform_starts(sample_rate: Tensor, num_bands: int, band_width_hz: float | Tensor, band_min_hz: float) -> Tensor:
+    """(B, K): starts evenly spaced from band_min_hz to nyquist - W (band k of K at fraction k / (K - 1)); W one
+    width or (B,) one per clip."""
     lo, hi = _start_range(sample_rate, band_min_hz, band_width_hz)
     frac = torch.linspace(0.0, 1.0, num_bands, device=sample_rate.device) if num_bands > 1 else \
         torch.zeros(1, device=sample_rate.device)

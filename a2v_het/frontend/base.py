@@ -20,6 +20,8 @@ class FrontendOutput:
     """Scalar fp32 losses the frontend wants added to the objective (heterodyne: energy, surprise)."""
     stats: dict[str, Tensor] = field(default_factory=dict)
     """Scalars for logging only (captured-variance fraction, ...)."""
+    band_width_hz: Tensor | None = None
+    """(B, K) band widths in Hz (heterodyne only)."""
 
 
 class Frontend(nn.Module):

@@ -13,16 +13,36 @@ from a2v_het.config import ConfigError
 class HeterodyneConfig:
     num_bands: int = 8
     """K: bands picked per clip."""
-    band_width_hz: float = 2000.0
-    """W: each band is [band_start_hz, band_start_hz + W]; also the complex output rate of each band."""
+    band_widths_hz: tuple[float, ...] = (500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0)
+    """The widths W a band can take (Hz). Each clip's K bands share one width, the narrowest of these for which K
+    bands span the clip's whole band, K * W >= nyquist - band_min_hz (the widest that fits when none does; see
+    :func:`a2v_het.frontend.band_widths.clip_band_width` and docs/frontends/heterodyne.md "Band widths"): 500 Hz
+    at 8 kHz, 4 kHz at 48 kHz, 32 kHz at 384-500 kHz. A width above ``band_rate_hz`` is cut into sub-bands of it
+    (the last one narrower when W is not a whole multiple)."""
+    band_span: float = 1.0
+    """How much of a clip's band its K bands must be able to span for a width to be taken: the narrowest width with
+    K * W >= band_span * (nyquist - band_min_hz). 1.0 = exactly spanning; above 1 leaves the picker slack."""
+    band_rate_hz: float = 2000.0
+    """Complex sample rate of every band signal the projection reads (Hz). A band wider than this is heterodyned as
+    W / band_rate_hz adjacent sub-bands of this width, each through the same convs, and max-pooled into the band's
+    features; a narrower band is sampled at this rate with nothing above its width. So the projection's weights
+    are the same for every width, and the cost grows with the bandwidth analysed (as the input's own rate does)."""
+    sub_band_pooling: Literal["max", "mean"] = "max"
+    """How a wide band's sub-band features become the band's (a2v_het/frontend/projection.py): their element-wise
+    maximum per token (a call in any sub-band reads at full strength) or their mean (the ablation)."""
+    band_width_hz: float | None = None
+    """One fixed width W for every band and clip (Hz), also the band rate: the model before variable widths (and
+    what run folders saved before them load as). None (default): the widths of ``band_widths_hz``."""
     band_min_hz: float = 50.0
     """f_min: lowest allowed band start (keeps bands off DC)."""
     mixing: Literal["quadrature", "cosine"] = "quadrature"
     """quadrature = complex I/Q mixing (no image folding); cosine = the seed's real mixing (for the ablation)."""
     cauchy_width_hz: float = 200.0
     """gamma: half-width of the Cauchy tails of the soft band masks (M_k = 0.5 at gamma outside an edge)."""
-    max_sample_rate: int = 192000
-    """Highest supported input rate; the hypernetwork's absolute frequency grid reaches its Nyquist."""
+    max_sample_rate: int = 500000
+    """Highest supported input rate; the hypernetwork's absolute frequency grid reaches its Nyquist. The band
+    embedding reads each band's start against this Nyquist, so it is part of the model. A batch's grid is cut at
+    its own highest Nyquist, so a high value costs nothing on low-rate batches."""
     stft_window_s: float = 0.02
     """STFT window for the summary and the coverage losses; grid spacing = 1 / window (50 Hz)."""
     stft_hop_s: float = 0.01
@@ -44,6 +64,11 @@ class HeterodyneConfig:
     evidence_common_mode_hz: float = 1000.0
     """call_evidence: a rise counts above the mean rise of the bins within +-this many Hz in the same frame, so rain
     and wind gusts (which lift whole neighbourhoods) count little and calls (their own bins) fully; 0 = off."""
+    band_picker: Literal["learned", "uniform"] = "learned"
+    """learned: the hypernetwork picks each clip's band starts (trained by the coverage losses). uniform: no
+    hypernetwork; the K bands tile each clip's band evenly (starts from band_min_hz to nyquist - W), the
+    non-learned ablation that asks what the picker adds to a detector (BENCHMARKS.md, the zoo). The coverage
+    objective has nothing to train then."""
     picker_inputs: Literal["local", "global"] = "local"
     """local: every picker input is a per-bin or local quantity (the evidence, log power against its +-1 kHz
     neighbourhood), so the same call looks the same in an 8 kHz and a 96 kHz clip. global: the earlier inputs,
@@ -87,12 +112,21 @@ class HeterodyneConfig:
     def validate(self) -> None:
         if self.num_bands < 1:
             raise ConfigError("frontend.heterodyne.num_bands must be >= 1")
-        if self.band_width_hz <= 0 or self.band_min_hz < 0:
-            raise ConfigError("frontend.heterodyne.band_width_hz must be > 0 and band_min_hz >= 0")
-        if self.max_sample_rate < 2 * (self.band_min_hz + self.band_width_hz):
+        if self.band_width_hz is not None and self.band_width_hz <= 0:
+            raise ConfigError(f"frontend.heterodyne.band_width_hz must be > 0 or null, got {self.band_width_hz}")
+        if self.band_min_hz < 0:
+            raise ConfigError("frontend.heterodyne.band_min_hz must be >= 0")
+        if not self.band_widths_hz or any(w <= 0 for w in self.band_widths_hz):
+            raise ConfigError(f"frontend.heterodyne.band_widths_hz must be positive widths in Hz, got "
+                              f"{list(self.band_widths_hz)}")
+        if self.band_rate_hz <= 0:
+            raise ConfigError(f"frontend.heterodyne.band_rate_hz must be > 0, got {self.band_rate_hz}")
+        if not self.band_span > 0:
+            raise ConfigError(f"frontend.heterodyne.band_span must be > 0, got {self.band_span}")
+        if self.max_sample_rate < self.min_sample_rate:
             raise ConfigError(
-                "frontend.heterodyne.max_sample_rate must be >= 2 * (band_min_hz + band_width_hz) "
-                f"= {2 * (self.band_min_hz + self.band_width_hz):g} Hz"
+                "frontend.heterodyne.max_sample_rate must be >= 2 * (band_min_hz + the narrowest band width) "
+                f"= {self.min_sample_rate:g} Hz"
             )
         if self.stft_hop_s <= 0 or self.stft_window_s <= 0:
             raise ConfigError("frontend.heterodyne.stft_window_s and stft_hop_s must be > 0")
@@ -112,9 +146,21 @@ class HeterodyneConfig:
                 self.evidence_common_mode_hz)
 
     @property
+    def widths(self) -> tuple[float, ...]:
+        """The band widths in use (Hz), ascending: (band_width_hz,) when it is set, else band_widths_hz."""
+        if self.band_width_hz is not None:
+            return (float(self.band_width_hz),)
+        return tuple(sorted(float(w) for w in set(self.band_widths_hz)))
+
+    @property
+    def rate_hz(self) -> float:
+        """Complex sample rate of each band signal into the projection: band_width_hz when set, else band_rate_hz."""
+        return float(self.band_width_hz) if self.band_width_hz is not None else float(self.band_rate_hz)
+
+    @property
     def min_sample_rate(self) -> float:
-        """Lowest input rate that still fits one band: 2 * (f_min + W)."""
-        return 2.0 * (self.band_min_hz + self.band_width_hz)
+        """Lowest input rate that still fits one band: 2 * (f_min + the narrowest W)."""
+        return 2.0 * (self.band_min_hz + self.widths[0])
 
 
 @dataclass(frozen=True)
@@ -412,9 +458,10 @@ class FrontendConfig:
         options = getattr(self, section) if section else None
         if options is not None and hasattr(options, "validate"):
             options.validate()
-        ratio = self.heterodyne.band_width_hz / self.token_rate
+        ratio = self.heterodyne.rate_hz / self.token_rate
         if self.name == "heterodyne" and abs(ratio - round(ratio)) > 1e-9:
             raise ConfigError(
-                f"frontend.heterodyne.band_width_hz ({self.heterodyne.band_width_hz:g}) must be a whole multiple "
-                f"of frontend.token_rate ({self.token_rate:g}): each band is sampled at W Hz and pooled to tokens"
+                f"frontend.heterodyne.{'band_width_hz' if self.heterodyne.band_width_hz else 'band_rate_hz'} "
+                f"({self.heterodyne.rate_hz:g}) must be a whole multiple of frontend.token_rate "
+                f"({self.token_rate:g}): each band is sampled at this rate and pooled to tokens"
             )

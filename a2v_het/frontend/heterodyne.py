@@ -1,5 +1,7 @@
 """The heterodyning module: each band [f_k, f_k + W] of each clip is shifted to baseband, everything outside it is
-removed, and the result is resampled from the clip's own rate to one fixed rate W (complex) at every input rate.
+removed, and the result is resampled from the clip's own rate to one fixed rate R >= W (complex) at every input
+rate (R = W unless the band is narrower than the band rate; wider bands arrive here as sub-bands of R Hz,
+a2v_het/frontend/band_widths.py).
 
 Fast path. An rfft over a clip of D seconds has bins every 1/D Hz whatever the sample rate, so mixing down by f_k,
 low-passing to the band and resampling to W Hz is one rfft per clip, a gather of the W*D bins of each band and a
@@ -67,6 +69,7 @@ def heterodyne_bands(
     taper_s: float = 0.0,
     straight_through: bool = False,
     out_lengths: Tensor | None = None,
+    pass_width_hz: Tensor | None = None,
 ) -> Tensor:
     """Mix every band to baseband and resample it to ``band_width_hz``.
 
@@ -75,8 +78,10 @@ def heterodyne_bands(
         sample_rate: (B,) int Hz.
         lengths: (B,) samples.
         band_start_hz: (B, K) f_k in Hz; each band must satisfy f_k + W <= sample_rate / 2.
-        band_width_hz: W in Hz, also the output rate.
+        band_width_hz: W in Hz, also the output rate (the band rate R).
         n_out: output samples per band; the clips are zero-padded to D' = n_out / W seconds.
+        pass_width_hz: (B, K) Hz <= W: band k keeps only [f_k, f_k + pass_width_hz] (a narrower band sampled at
+            the band rate; 0 gives an all-zero band). None: every band passes its whole W.
         mixing: "quadrature" (complex, default) or "cosine" (real, the seed's).
         taper_s: raised-cosine fade at both ends of each clip, seconds.
         straight_through: let gradients reach ``band_start_hz`` through d/df exp(-i 2 pi f t) (quadrature only);
@@ -115,10 +120,19 @@ def heterodyne_bands(
             spec = torch.cat([spec, spec.new_zeros(spec.shape[0], 1)], dim=1)
             start = torch.round(band_start_hz[idx].detach().float() * (n_fft / sr)).long()  # (b, K)
             scale = 2.0 * m_out / n_fft
+            # Bins kept per band: offsets d < pass_width * D' (all m_out for a full band).
+            kept = None if pass_width_hz is None else torch.round(
+                pass_width_hz[idx].double() * (m_out / band_width_hz)).long()[..., None]  # (b, K, 1)
             if mixing == "quadrature":
-                pos = start[..., None] + torch.arange(m_out, device=wave.device)
-                pos = torch.where((pos >= 0) & (pos < n_bins), pos, torch.full_like(pos, n_bins))
-                bins = torch.gather(spec[:, None, :].expand(-1, k_bands, -1), 2, pos)
+                # Each band's m_out bins are one window of the spectrum, zero-padded by m_out bins on both sides
+                # (bins below 0 Hz or past Nyquist read zeros, none wraps): a strided view picked per band, with
+                # no (b, K, m) index tensor (4 clips x 128 sub-bands at 500 kHz would make that 24 MB).
+                zeros = spec.new_zeros(spec.shape[0], m_out)
+                windows = torch.cat([zeros, spec[:, :n_bins], zeros], dim=1).unfold(1, m_out, 1)  # (b, n, m_out)
+                rows = torch.arange(len(idx), device=wave.device)[:, None]
+                bins = windows[rows, (start + m_out).clamp(0, windows.shape[1] - 1)]  # (b, K, m_out)
+                if kept is not None:
+                    bins = bins.masked_fill(torch.arange(m_out, device=wave.device) >= kept, 0)
                 # Scaled in place where nothing differentiates it, and [I, Q] copied once into ``out`` from a view:
                 # no extra (b, K, m) temporaries (each costs page faults on CPU).
                 z = torch.fft.ifft(bins, dim=-1)
@@ -133,9 +147,13 @@ def heterodyne_bands(
                 up = start[..., None] + d
                 up = torch.where(up < n_bins, up, torch.full_like(up, n_bins))
                 down = start[..., None] - d
+                down_pos = down.abs().clamp(max=n_bins)
+                if kept is not None:
+                    up = torch.where(d < kept, up, torch.full_like(up, n_bins))
+                    down_pos = torch.where(d < kept, down_pos, torch.full_like(down_pos, n_bins))
                 spec_b = spec[:, None, :].expand(-1, k_bands, -1)
                 upper = torch.gather(spec_b, 2, up)
-                lower = torch.gather(spec_b, 2, down.abs().clamp(max=n_bins))
+                lower = torch.gather(spec_b, 2, down_pos)
                 # cos mixing adds X(f_k + d) and X(d - f_k) = conj X(f_k - d) (for f_k - d < 0: X(d - f_k)).
                 lower = torch.where(down >= 0, lower.conj(), lower)
                 y = torch.fft.irfft(upper + lower, n=2 * m_out, dim=-1) * scale

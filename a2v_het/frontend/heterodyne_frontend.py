@@ -1,7 +1,8 @@
 """HeterodyneFrontend: the learnable frontend that replaces the conv feature extractor.
 
-recording (B, T) at any rates -> grid spectrogram -> hypernetwork picks K bands -> heterodyne each band to W Hz
--> projection to (B, N, D) tokens at ``token_rate``, N = duration * token_rate at every input sample rate.
+recording (B, T) at any rates -> grid spectrogram -> each clip's band width W from its Nyquist -> hypernetwork
+picks K band starts -> heterodyne each band (as sub-bands of the band rate R when W > R) -> projection to (B, N, D)
+tokens at ``token_rate``, N = duration * token_rate at every input sample rate and every band width.
 The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses,
 already weighted by ``frontend.heterodyne.energy_weight`` / ``surprise_weight`` (:meth:`HeterodyneFrontend.weighted`):
 the frontend owns its losses' weights, so an objective adds ``FrontendOutput.aux_losses`` as they come.
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor
 
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
+from a2v_het.frontend.band_selectors import uniform_starts
+from a2v_het.frontend.band_widths import clip_band_width, split_sub_bands
 from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.frontend.coverage_losses import (
@@ -34,6 +37,7 @@ class BandAnalysis:
     """What the hypernetwork saw and chose, on the absolute grid (all fp32)."""
 
     band_start_hz: Tensor  # (B, K) Hz
+    band_width_hz: Tensor  # (B, K) Hz (one width per clip, repeated over its K bands)
     stats: GridPowerStats  # mean power, sigma^2(f) = Var_t P(f, t), call evidence, Nyquist mask, all (B, G)
     mask: Tensor  # (B, G) soft-OR M(f)
     statistic: Tensor  # (B, G) what the coverage losses measure (HeterodyneConfig.coverage_statistic)
@@ -58,10 +62,11 @@ class HeterodyneFrontend(Frontend):
         self.dim = cfg.dim
         self.grid_hz = 1.0 / h.stft_window_s
         self.n_grid = frequency_grid(h.max_sample_rate, self.grid_hz)
-        self.picker = BandPicker(h, self.grid_hz)
-        self.samples_per_token = int(round(h.band_width_hz / cfg.token_rate))
-        self.projection = BandProjection(h.num_bands, h.band_width_hz, cfg.token_rate, h.conv_channels, cfg.dim,
-                                         h.band_embedding_dim, h.max_sample_rate / 2)
+        # band_picker: uniform builds no hypernetwork, so no parameter waits for a gradient that never comes.
+        self.picker = BandPicker(h, self.grid_hz) if h.band_picker == "learned" else None
+        self.samples_per_token = int(round(h.rate_hz / cfg.token_rate))
+        self.projection = BandProjection(h.num_bands, h.rate_hz, cfg.token_rate, h.conv_channels, cfg.dim,
+                                         h.band_embedding_dim, h.max_sample_rate / 2, h.sub_band_pooling)
 
     def num_tokens(self, duration_s: float, sample_rate: int) -> int:
         return int(math.ceil(duration_s * self.cfg.token_rate - 1e-9))
@@ -81,7 +86,8 @@ class HeterodyneFrontend(Frontend):
         same as on the full grid (tested), at a fraction of the cost for low-rate batches.
         """
         top = int(math.floor(float(sample_rate.max()) / 2 / self.grid_hz)) + 1
-        return min(self.n_grid, top + 2 * self.picker.receptive_half_width + 1)
+        reach = self.picker.receptive_half_width if self.picker is not None else 0
+        return min(self.n_grid, top + 2 * reach + 1)
 
     def analyze(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> BandAnalysis:
         """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning)."""
@@ -94,10 +100,20 @@ class HeterodyneFrontend(Frontend):
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
         statistic = stats.evidence if use_evidence else stats.variance
+        width = self.band_widths(sample_rate)  # (B,)
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate)
-            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, h.band_width_hz, h.cauchy_width_hz))
-        return BandAnalysis(band_start, stats, mask, statistic)
+            if self.picker is None:
+                band_start = uniform_starts(sample_rate, h.num_bands, width, h.band_min_hz)
+            else:
+                band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate, width)
+            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, width[:, None], h.cauchy_width_hz))
+        return BandAnalysis(band_start, width[:, None].expand_as(band_start), stats, mask, statistic)
+
+    def band_widths(self, sample_rate: Tensor) -> Tensor:
+        """(B,) Hz: each clip's band width (a2v_het/frontend/band_widths.py)."""
+        h = self.h
+        return clip_band_width(torch.as_tensor(sample_rate).reshape(-1), h.widths, h.num_bands, h.band_min_hz,
+                               h.band_span)
 
     def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         fv = a.stats.freq_valid
@@ -131,10 +147,16 @@ class HeterodyneFrontend(Frontend):
         grad_to_bands = self.h.band_grad_from_ssl
         bands_used = a.band_start_hz if grad_to_bands else a.band_start_hz.detach()
         valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)  # (B,) tokens inside each clip
+        rate = self.h.rate_hz
+        sub = split_sub_bands(bands_used, a.band_width_hz, rate)
+        full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
         # Each clip is mixed down over its own whole-token span, so batching never changes its valid tokens.
-        bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, self.h.band_width_hz, n_out,
+        bands = heterodyne_bands(wave, sample_rate, lengths, sub.start_hz, rate, n_out,
                                  mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands,
-                                 out_lengths=valid * self.samples_per_token)
-        tokens = self.projection(bands.to(wave.dtype) if wave.dtype != torch.float32 else bands, bands_used, valid)
+                                 out_lengths=valid * self.samples_per_token,
+                                 pass_width_hz=None if full else sub.width_hz)
+        bands = bands.to(wave.dtype) if wave.dtype != torch.float32 else bands
+        tokens = self.projection(bands, sub.start_hz, valid, sub.band_index, sub.index_in_band)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
-        return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats)
+        return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats,
+                              band_width_hz=a.band_width_hz)

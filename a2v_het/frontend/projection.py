@@ -1,10 +1,16 @@
-"""The projecting module: 2K band channels at W Hz -> tokens of width D at the token rate.
+"""The projecting module: 2K band channels at the band rate R -> tokens of width D at the token rate.
 
 Each band's [I, Q] pair goes through the same strided conv stack (bands are a batch dimension, so the weights do
 not care which slot a band sits in), reaching the token rate. Every band's features are then shifted by an
 embedding of where the band sits (f_k in Hz, as sinusoids on a log-spaced set of scales): without it, a call at
 2 kHz and one at 20 kHz would look identical to the encoder after mixing down. Finally the K band feature vectors
 of each token are concatenated and projected to D.
+
+A band wider than R comes as several sub-bands of R Hz (a2v_het/frontend/band_widths.py). Each sub-band goes
+through the same convs and gets the embedding of its own start; the band's features are their element-wise
+maximum per token, so a call anywhere in a 32 kHz band reads as strongly as in a 2 kHz one (a mean would dilute it
+by the number of sub-bands) and the weights are the same for every width. A band of exactly R Hz is one sub-band:
+the maximum is the identity, and the model is the fixed-width one.
 """
 
 from __future__ import annotations
@@ -71,13 +77,17 @@ class MaskedInstanceNorm(nn.Module):
 
 class BandProjection(nn.Module):
     def __init__(self, num_bands: int, band_rate_hz: float, token_rate: float, channels: int, dim: int,
-                 band_embedding_dim: int, max_hz: float):
+                 band_embedding_dim: int, max_hz: float, sub_band_pooling: str = "max"):
         super().__init__()
+        if sub_band_pooling not in ("max", "mean"):
+            raise ValueError(f"sub_band_pooling must be 'max' or 'mean', got {sub_band_pooling!r}")
+        self.sub_band_pooling = sub_band_pooling
         ratio = band_rate_hz / token_rate
         if abs(ratio - round(ratio)) > 1e-9:
             raise ValueError(f"band rate {band_rate_hz} Hz is not a whole multiple of the token rate {token_rate} Hz")
         self.strides = factor_strides(int(round(ratio)))
         self.max_hz = max_hz
+        self.num_bands = num_bands
         self.band_embedding_dim = band_embedding_dim
         convs: list[nn.Module] = []
         ch = 2
@@ -92,12 +102,21 @@ class BandProjection(nn.Module):
         self.out = nn.Linear(num_bands * channels, dim)
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, bands: Tensor, band_start_hz: Tensor, valid_tokens: Tensor | None = None) -> Tensor:
-        """bands (B, K, 2, L) at the band rate, band_start_hz (B, K), valid_tokens (B,) tokens inside each clip
-        (None: all) -> tokens (B, L / prod(strides), D). The norm only sees each clip's valid frames, so a clip's
-        valid tokens do not depend on the padding of the batch."""
-        b, k, _, length = bands.shape
-        h = bands.reshape(b * k, 2, length)
+    def forward(self, bands: Tensor, band_start_hz: Tensor, valid_tokens: Tensor | None = None,
+                band_index: Tensor | None = None, index_in_band: Tensor | None = None) -> Tensor:
+        """bands (B, S, 2, L) at the band rate, band_start_hz (B, S) each band's (or sub-band's) lower edge in Hz,
+        valid_tokens (B,) tokens inside each clip (None: all), band_index (B, S) long, the band 0..K-1 each
+        sub-band belongs to, K for padding, and index_in_band (B, S) its place j in its band (both None: S = K
+        bands, one each) -> tokens (B, L / prod(strides), D). The norm only sees each clip's valid frames, so a
+        clip's valid tokens do not depend on the padding of the batch (nor on the sub-bands of the other clips)."""
+        b, s, _, length = bands.shape
+        k = self.num_bands
+        one_each = band_index is None or s == k  # S = K sub-bands of K bands: one each
+        padded = not one_each and bool((band_index >= k).any())
+        rows = (band_index < k).flatten().nonzero().flatten() if padded else None  # the real sub-bands
+        h = bands.reshape(b * s, 2, length)
+        if rows is not None:
+            h = h[rows]
         frames_per_token = math.prod(self.strides) if self.strides else 1
         valid = None
         if valid_tokens is not None and bool((valid_tokens * frames_per_token >= length).all()):
@@ -106,7 +125,8 @@ class BandProjection(nn.Module):
             if isinstance(module, SameStrideConv):
                 frames_per_token //= module.stride
                 if valid_tokens is not None:
-                    valid = (valid_tokens * frames_per_token).repeat_interleave(k)  # (B*K,) frames after this conv
+                    valid = (valid_tokens * frames_per_token).repeat_interleave(s)  # (B*S,) frames after this conv
+                    valid = valid if rows is None else valid[rows]
             if isinstance(module, MaskedInstanceNorm):
                 h = module(h, valid)
             else:
@@ -115,8 +135,28 @@ class BandProjection(nn.Module):
                 # Frames past a clip's end must read as zeros to the next conv, exactly as the zero padding of a
                 # clip on its own does (after the norm and GELU they would not be zero).
                 h = h * (torch.arange(h.shape[2], device=h.device)[None, None, :] < valid[:, None, None]).to(h.dtype)
-        h = h.reshape(b, k, h.shape[1], h.shape[2])
-        emb = self.band_embed(frequency_embedding(band_start_hz, self.band_embedding_dim, self.max_hz))  # (B, K, C)
-        h = h + emb[..., None]
+        emb = self.band_embed(frequency_embedding(band_start_hz, self.band_embedding_dim, self.max_hz))  # (B, S, C)
+        if one_each:
+            h = h.reshape(b, k, h.shape[1], h.shape[2]) + emb[..., None]
+        else:
+            h = h + (emb.reshape(b * s, -1) if rows is None else emb.reshape(b * s, -1)[rows])[..., None]
+            # Pooled over each band's sub-bands, laid out as (B, K, m_max) slots; empty slots are -inf for the
+            # maximum (never taken) and 0 for the mean (divided by the band's own count).
+            m_max = int(index_in_band.max()) + 1
+            slots = ((torch.arange(b, device=h.device)[:, None] * k + band_index) * m_max + index_in_band).flatten()
+            if rows is not None:
+                slots = slots[rows]
+            use_max = self.sub_band_pooling == "max"
+            if m_max * k == s and not padded:  # every band has m_max sub-bands, in order: a plain view
+                grid = h
+            else:
+                empty = float("-inf") if use_max else 0.0
+                grid = h.new_full((b * k * m_max, h.shape[1], h.shape[2]), empty).index_copy(0, slots, h)
+            grid = grid.view(b, k, m_max, h.shape[1], h.shape[2])
+            if use_max:
+                h = grid.amax(dim=2)
+            else:
+                counts = torch.zeros(b * k * m_max, device=h.device).index_fill_(0, slots, 1.0).view(b, k, m_max)
+                h = grid.sum(dim=2) / counts.sum(-1).clamp(min=1.0)[..., None, None]
         h = h.permute(0, 3, 1, 2).reshape(b, h.shape[3], k * h.shape[2])  # (B, N, K*C)
         return self.norm(self.out(h))

@@ -68,6 +68,9 @@ class CoverageObjective(nn.Module):
 
     def __init__(self, frontend: Frontend):
         super().__init__()
+        if getattr(frontend, "picker", True) is None:
+            raise ValueError("train.objective=coverage trains the band picker, but frontend.heterodyne.band_picker "
+                             "is 'uniform' (no picker to train); use band_picker: learned")
         self.frontend = frontend
         # Only the hypernetwork is trained here; frozen parts keep DeepSpeed from waiting for gradients that the
         # coverage losses never produce.
