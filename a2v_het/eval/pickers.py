@@ -56,7 +56,8 @@ class SelectorPicker:
                                       h.power_exponent, evidence)
         # Each selector gets the frontend's own band width per clip (one call per width in the batch), so the
         # baselines and the learned picker differ only in where they put the bands.
-        width = fe.band_widths(sample_rate)  # (B,)
+        width = fe.band_widths(sample_rate, stats.evidence if h.coverage_statistic == "call_evidence"
+                               else stats.variance)  # (B,)
         spec = None
         if self.name in ("spectral_flux", "entropy"):
             spec = grid_power_spectrogram(wave, sample_rate, lengths, h.stft_window_s, h.stft_hop_s, n_grid,

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from a2v_het.frontend.hypernetwork import band_capture, valid_starts
+
 
 def clip_band_width(sample_rate: Tensor, widths_hz: tuple[float, ...], num_bands: int, band_min_hz: float,
                     band_span: float = 1.0) -> Tensor:
@@ -44,6 +46,53 @@ def clip_band_width(sample_rate: Tensor, widths_hz: tuple[float, ...], num_bands
     j_fit = torch.where(fits, torch.arange(len(w), device=w.device), -1).amax(-1)  # widest that fits
     j = torch.where(j_span < len(w), j_span, j_fit.clamp(min=0))
     return w[j].float()
+
+
+@torch.no_grad()
+def evidence_band_width(statistic: Tensor, sample_rate: Tensor, span_width_hz: Tensor, widths_hz: tuple[float, ...],
+                        num_bands: int, band_min_hz: float, grid_hz: float, capture_fraction: float) -> Tensor:
+    """(B,) Hz: the narrowest width, at most the clip's spanning width, whose K bands still hold its calls.
+
+    For each candidate width W (from ``widths_hz``, below ``span_width_hz``), K hard bands are placed greedily (each
+    on the most statistic not yet held, [f, f + W]); W is taken when they hold >= ``capture_fraction`` of what K
+    bands of the spanning width hold. A clip whose calls sit in a few narrow places (a bird at 3 kHz in a 384 kHz
+    recording) gets narrow bands and their frequency resolution; one whose calls spread (a bat's 80 kHz sweeps)
+    keeps wide bands; a clip with nothing to hold (silence, stationary noise) keeps the spanning width.
+
+    Args:
+        statistic: (B, G) >= 0 on the analysis grid, zero above each clip's Nyquist (the call evidence).
+        sample_rate: (B,) Hz.
+        span_width_hz: (B,) the spanning width (:func:`clip_band_width`), the widest a clip can get.
+        widths_hz: the candidate widths, Hz.
+        num_bands, band_min_hz, grid_hz: K, f_min and the grid spacing (Hz).
+        capture_fraction: in (0, 1].
+    """
+    b, g = statistic.shape
+    freqs = torch.arange(g, device=statistic.device, dtype=torch.float32) * grid_hz
+    grid = torch.arange(g, device=statistic.device)[None, :]
+    values = statistic.float().clamp(min=0.0)
+
+    def greedy_hold(width: Tensor) -> Tensor:  # (B,) statistic held by K greedy hard bands of ``width``
+        bins = torch.round(width / grid_hz).long()
+        ok = valid_starts(freqs, sample_rate, band_min_hz, width)
+        residual = values.clone()
+        held = torch.zeros(b, device=statistic.device)
+        for _ in range(num_bands):
+            best, start = band_capture(residual, bins).masked_fill(~ok, -1.0).max(-1)
+            held += best.clamp(min=0.0)
+            residual.masked_fill_((grid >= start[:, None]) & (grid <= (start + bins)[:, None]), 0.0)
+        return held
+
+    span_width_hz = span_width_hz.float()
+    reference = greedy_hold(span_width_hz)
+    out = span_width_hz.clone()
+    for w in sorted(set(widths_hz), reverse=True):  # the narrowest width that holds enough is written last
+        narrower = (w < span_width_hz - 1e-3) & (reference > 0)
+        if not narrower.any():
+            continue
+        held = greedy_hold(torch.where(narrower, torch.full_like(span_width_hz, w), span_width_hz))
+        out = torch.where(narrower & (held >= capture_fraction * reference), torch.full_like(out, w), out)
+    return out
 
 
 @dataclass

@@ -19,6 +19,15 @@ class HeterodyneConfig:
     :func:`a2v_het.frontend.band_widths.clip_band_width` and docs/frontends/heterodyne.md "Band widths"): 500 Hz
     at 8 kHz, 4 kHz at 48 kHz, 32 kHz at 384-500 kHz. A width above ``band_rate_hz`` is cut into sub-bands of it
     (the last one narrower when W is not a whole multiple)."""
+    band_width_rule: Literal["span", "evidence"] = "span"
+    """How each clip's width is chosen from ``band_widths_hz``. span (default): the narrowest whose K bands span the
+    clip's band (K * W >= band_span * (nyquist - band_min_hz)), whatever the clip holds. evidence: the narrowest,
+    at most that one, whose K greedy bands still hold ``band_capture_fraction`` of the clip's call evidence that
+    the spanning bands hold (:func:`a2v_het.frontend.band_widths.evidence_band_width`); an ablation, measured to
+    lose coverage (BENCHMARKS.md): the evidence's common mode removes most of a fast FM sweep's interior, so
+    narrow bands on the sweep's edges seem to hold it."""
+    band_capture_fraction: float = 0.95
+    """evidence rule: the share of the spanning bands' evidence that narrower bands must hold (0-1]."""
     band_span: float = 1.0
     """How much of a clip's band its K bands must be able to span for a width to be taken: the narrowest width with
     K * W >= band_span * (nyquist - band_min_hz). 1.0 = exactly spanning; above 1 leaves the picker slack."""
@@ -121,6 +130,9 @@ class HeterodyneConfig:
                               f"{list(self.band_widths_hz)}")
         if self.band_rate_hz <= 0:
             raise ConfigError(f"frontend.heterodyne.band_rate_hz must be > 0, got {self.band_rate_hz}")
+        if not 0 < self.band_capture_fraction <= 1:
+            raise ConfigError(f"frontend.heterodyne.band_capture_fraction must be in (0, 1], got "
+                              f"{self.band_capture_fraction}")
         if not self.band_span > 0:
             raise ConfigError(f"frontend.heterodyne.band_span must be > 0, got {self.band_span}")
         if self.max_sample_rate < self.min_sample_rate:

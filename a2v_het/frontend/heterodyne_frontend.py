@@ -18,7 +18,7 @@ from torch import Tensor
 
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.band_selectors import uniform_starts
-from a2v_het.frontend.band_widths import clip_band_width, split_sub_bands
+from a2v_het.frontend.band_widths import clip_band_width, evidence_band_width, split_sub_bands
 from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.frontend.coverage_losses import (
@@ -100,7 +100,7 @@ class HeterodyneFrontend(Frontend):
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
         statistic = stats.evidence if use_evidence else stats.variance
-        width = self.band_widths(sample_rate)  # (B,)
+        width = self.band_widths(sample_rate, statistic)  # (B,)
         with torch.autocast(device_type=wave.device.type, enabled=False):
             if self.picker is None:
                 band_start = uniform_starts(sample_rate, h.num_bands, width, h.band_min_hz)
@@ -109,11 +109,16 @@ class HeterodyneFrontend(Frontend):
             mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, width[:, None], h.cauchy_width_hz))
         return BandAnalysis(band_start, width[:, None].expand_as(band_start), stats, mask, statistic)
 
-    def band_widths(self, sample_rate: Tensor) -> Tensor:
-        """(B,) Hz: each clip's band width (a2v_het/frontend/band_widths.py)."""
+    def band_widths(self, sample_rate: Tensor, statistic: Tensor) -> Tensor:
+        """(B,) Hz: each clip's band width from its rate and, by the evidence rule, from what its ``statistic``
+        (B, G) holds (a2v_het/frontend/band_widths.py)."""
         h = self.h
-        return clip_band_width(torch.as_tensor(sample_rate).reshape(-1), h.widths, h.num_bands, h.band_min_hz,
-                               h.band_span)
+        sample_rate = torch.as_tensor(sample_rate).reshape(-1)
+        span = clip_band_width(sample_rate, h.widths, h.num_bands, h.band_min_hz, h.band_span)
+        if h.band_width_rule == "span" or len(h.widths) == 1:
+            return span
+        return evidence_band_width(statistic, sample_rate, span, h.widths, h.num_bands, h.band_min_hz, self.grid_hz,
+                                   h.band_capture_fraction)
 
     def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         fv = a.stats.freq_valid
