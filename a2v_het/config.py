@@ -44,6 +44,14 @@ key at once (in one recipe, or both on the command line) it is an error unless b
 on its own (``config_from_dict(ModelConfig, tree["model"])`` of an old run folder) drops the key with a warning,
 since its new place is not part of what is loaded."""
 
+ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
+    ("HeterodyneConfig", "context_bands", 0),
+)
+"""(section class, key, value): keys added after configs were first saved, with the value that gives the model a
+config saved before them describes. A saved config (:func:`config_from_dict`) whose section lacks the key gets
+that value instead of today's default, so an old run folder rebuilds the model it trained; recipes get the
+default."""
+
 _MISSING = object()
 
 
@@ -265,10 +273,29 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return convert(cfg)
 
 
+def _added_keys(cls: type, tree: Any) -> Any:
+    """``tree`` (a copy where anything changes) with the :data:`ADDED_KEYS` a saved section lacks filled in."""
+    if not isinstance(tree, dict) or not dataclasses.is_dataclass(cls):
+        return tree
+    out = tree
+    for key, value in ((k, v) for section, k, v in ADDED_KEYS if section == cls.__name__):
+        if key not in out:
+            out = dict(out) if out is tree else out
+            out[key] = value
+    for name, tp in _field_types(cls).items():
+        sub_cls = _unwrap_optional(tp)[0]
+        if dataclasses.is_dataclass(sub_cls) and isinstance(out.get(name), dict):
+            filled = _added_keys(sub_cls, out[name])
+            if filled is not out[name]:
+                out = dict(out) if out is tree else out
+                out[name] = filled
+    return out
+
+
 def config_from_dict(cls: type[T], tree: dict[str, Any]) -> T:
     """Rebuild a config saved by :func:`save_config` (the full tree, so every key must still exist, or have moved:
-    :data:`MOVED_KEYS`)."""
-    return _merge(cls(), _move_keys(cls, tree, "saved config"))
+    :data:`MOVED_KEYS`; a key added since gets the value it had then: :data:`ADDED_KEYS`)."""
+    return _merge(cls(), _added_keys(cls, _move_keys(cls, tree, "saved config")))
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

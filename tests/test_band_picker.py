@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.signal import resample_poly
 
-from a2v_het.frontend import FrontendConfig, build_frontend
+from signals import clip_batch, heterodyne_frontend
 from a2v_het.frontend.band_selectors import (
     entropy_starts,
     flux_starts,
@@ -16,7 +16,6 @@ from a2v_het.frontend.band_selectors import (
     random_starts,
     uniform_starts,
 )
-from a2v_het.frontend.config import HeterodyneConfig
 from a2v_het.frontend.spectrum import grid_power_spectrogram
 from a2v_het.train.objective import CoverageObjective
 from data_tools.synth import make_clip
@@ -24,17 +23,8 @@ from data_tools.synth import make_clip
 TRAIN_RATES = (8000, 16000, 22050, 32000, 44100, 48000)
 
 
-def frontend(seed=0, **heterodyne):
-    torch.manual_seed(seed)
-    return build_frontend(FrontendConfig(dim=32, heterodyne=HeterodyneConfig(**heterodyne)))
-
-
-def batch(clips):
-    t_max = max(len(x) for _, x in clips)
-    wave = torch.zeros(len(clips), t_max)
-    for i, (_, x) in enumerate(clips):
-        wave[i, : len(x)] = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return wave, torch.tensor([sr for sr, _ in clips]), torch.tensor([len(x) for _, x in clips])
+frontend = heterodyne_frontend
+batch = clip_batch
 
 
 def train_picker(fe, steps=40, clips=6, seconds=2.0, lr=3e-3, seed=0):
@@ -80,12 +70,10 @@ def test_untrained_picker_is_the_greedy_evidence_maximiser():
         for f, amp in ((3000.0, 0.1), (11000.0, 0.3), (19000.0, 0.05)):
             x = x + amp * ((t > 0.5) & (t < 1.0)) * np.sin(2 * math.pi * f * t)
         a = fe.analyze(*batch([(sr, x)]))
-        width = float(a.band_width_hz[0, 0])
-        assert width == 4000.0  # 8 x 4 kHz span a 48 kHz clip's 24 kHz; 8 x 2 kHz do not
-        greedy = greedy_starts(a.statistic, torch.tensor([sr]), 8, width, 50.0, 200.0, 50.0)
+        greedy = greedy_starts(a.statistic, torch.tensor([sr]), 8, 2000.0, 50.0, 200.0, 50.0)
         for f in (3000.0, 11000.0, 19000.0):  # every call lies inside a hard passband, for both
-            for starts in (a.band_start_hz[0], greedy[0]):
-                assert ((starts <= f) & (starts + width >= f)).any()
+            for starts in (a.band_start_hz[0, :8], greedy[0]):  # the 8 detail bands (the context bands follow)
+                assert ((starts <= f) & (starts + 2000.0 >= f)).any()
 
 
 @pytest.mark.slow
@@ -93,11 +81,8 @@ def test_a_trained_picker_gives_the_same_call_the_same_bands_at_8_48_and_96_khz(
     """Train briefly at 8-48 kHz, then the same call (a 96 kHz clip and its 48 kHz and 8 kHz resamplings): the first
     band takes the call and starts at the same frequency at all three rates, to a fifth of a grid bin (10 Hz; the
     issue asks for one bin). Measured: 0.1 Hz apart; the earlier picker (inputs normalised over the valid bins,
-    power variance, random head) trained the same way put its first band on the pink noise, 17 Hz apart.
-
-    With one width for every clip (``band_width_hz``): the widths of ``band_widths_hz`` differ between these rates
-    (500 Hz at 8 kHz, 4 and 8 kHz at 48 and 96 kHz), and so then do the bands; see the next test."""
-    fe = frontend(band_width_hz=2000.0)
+    power variance, random head) trained the same way put its first band on the pink noise, 17 Hz apart."""
+    fe = frontend()
     train_picker(fe)
     assert fe.picker.head_out.weight.abs().sum() > 0  # the picker did learn something
     x96 = call_clip()
@@ -107,25 +92,6 @@ def test_a_trained_picker_gives_the_same_call_the_same_bands_at_8_48_and_96_khz(
     first = [float(s[0]) for s in starts]
     assert first[0] <= 1200.0 <= first[0] + 2000.0  # the first band takes the call
     assert max(first) - min(first) <= 10.0, first
-
-
-@pytest.mark.slow
-def test_a_trained_picker_with_variable_widths_puts_the_same_call_in_a_band_at_every_rate():
-    """The default widths: the same call in a 96 kHz clip and its 48 and 8 kHz resamplings lies inside the first
-    band at all three rates, and the 48 and 96 kHz clips (widths 4 and 8 kHz) start it at the same frequency, to
-    one grid bin (50 Hz): the start a band takes depends on the call, not on the clip's rate or band width."""
-    fe = frontend()
-    train_picker(fe)
-    x96 = call_clip()
-    clips = [(96000, x96), (48000, resample_poly(x96, 1, 2)), (8000, resample_poly(x96, 1, 12))]
-    with torch.no_grad():
-        analyses = [fe.analyze(*batch([clip])) for clip in clips]
-    widths = [float(a.band_width_hz[0, 0]) for a in analyses]
-    assert widths == [8000.0, 4000.0, 500.0]
-    first = [float(a.band_start_hz[0, 0]) for a in analyses]
-    for f, w in zip(first, widths):
-        assert f <= 1200.0 <= f + w, (first, widths)
-    assert abs(first[0] - first[1]) <= 50.0, first
 
 
 def test_uniform_tiles_and_random_stays_inside():

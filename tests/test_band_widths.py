@@ -1,4 +1,5 @@
-"""Variable band widths: each clip's width from its Nyquist, wide bands as sub-bands, one model from 6 to 500 kHz."""
+"""Detail and context bands: K picked 2 kHz bands plus J bands tiling each clip's band, wide bands as sub-bands, one
+model from 6 to 500 kHz."""
 
 import math
 from pathlib import Path
@@ -7,26 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from signals import clip_batch, heterodyne_frontend
 from a2v_het.config import ConfigError
 from a2v_het.frontend import FrontendConfig, build_frontend
 from a2v_het.frontend.band_widths import clip_band_width, split_sub_bands
 from a2v_het.frontend.config import HeterodyneConfig
 from a2v_het.frontend.heterodyne import heterodyne_bands
 
-OCTAVES = (500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0)
+OCTAVES = (1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0)
 
 
-def frontend(seed=0, **heterodyne):
-    torch.manual_seed(seed)
-    return build_frontend(FrontendConfig(dim=32, heterodyne=HeterodyneConfig(**heterodyne)))
-
-
-def batch(clips):
-    t_max = max(len(x) for _, x in clips)
-    wave = torch.zeros(len(clips), t_max)
-    for i, (_, x) in enumerate(clips):
-        wave[i, : len(x)] = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    return wave, torch.tensor([sr for sr, _ in clips]), torch.tensor([len(x) for _, x in clips])
+frontend = heterodyne_frontend
+batch = clip_batch
 
 
 def chirp_clip(sr, seconds, f0, f1, seed=0):
@@ -44,18 +37,34 @@ def chirp_clip(sr, seconds, f0, f1, seed=0):
 
 def test_clip_band_width_is_the_narrowest_octave_whose_bands_span_the_clip():
     rates = torch.tensor([1000, 6000, 8000, 16000, 48000, 96000, 192000, 384000, 500000, 1000000])
-    w = clip_band_width(rates, OCTAVES, 8, 50.0)
-    assert w.tolist() == [500.0, 500.0, 500.0, 1000.0, 4000.0, 8000.0, 16000.0, 32000.0, 32000.0, 32000.0]
+    w = clip_band_width(rates, OCTAVES, 4, 50.0)
+    assert w.tolist() == [1000.0, 1000.0, 1000.0, 2000.0, 8000.0, 16000.0, 32000.0, 64000.0, 64000.0, 64000.0]
     for sr, wk in zip(rates.tolist(), w.tolist()):
         span = sr / 2 - 50.0
-        if 8 * wk >= span:  # the bands can span the clip ...
+        if 4 * wk >= span:  # the bands can span the clip ...
             narrower = [x for x in OCTAVES if x < wk]
-            assert not narrower or 8 * max(narrower) < span  # ... and no narrower width would
+            assert not narrower or 4 * max(narrower) < span  # ... and no narrower width would
         elif wk <= span:
             assert wk == OCTAVES[-1]  # nothing spans it: the widest (1 MHz)
-    # fewer bands need wider ones; one fixed width is itself
-    assert clip_band_width(torch.tensor([48000]), OCTAVES, 2, 50.0).tolist() == [16000.0]
-    assert clip_band_width(torch.tensor([8000, 96000]), (2000.0,), 8, 50.0).tolist() == [2000.0, 2000.0]
+    assert clip_band_width(torch.tensor([48000]), OCTAVES, 2, 50.0).tolist() == [16000.0]  # fewer bands, wider
+
+
+def test_context_bands_tile_every_clip_and_detail_bands_stay_2_khz():
+    fe = frontend()
+    rates = [6000, 8000, 48000, 96000, 192000, 384000, 500000]
+    clips = [(sr, chirp_clip(sr, 0.5, 0.3 * sr / 2, 0.1 * sr / 2, seed=i)) for i, sr in enumerate(rates)]
+    with torch.no_grad():
+        a = fe.analyze(*batch(clips))
+    k, j = fe.h.num_bands, fe.h.context_bands
+    assert a.band_start_hz.shape == (len(rates), k + j)
+    assert (a.band_width_hz[:, :k] == 2000.0).all()
+    for b, sr in enumerate(rates):
+        f, w = a.band_start_hz[b, k:], a.band_width_hz[b, k:]
+        assert float(f[0]) == pytest.approx(50.0) and float(f[-1] + w[-1]) == pytest.approx(sr / 2, abs=1e-2)
+        assert (f.diff() <= w[:-1] + 1e-3).all()  # no gaps between context bands
+    # every grid bin from f_min up to each Nyquist lies in some band: the union mask is >= 0.5 there
+    inside = a.stats.freq_valid & (a.stats.freqs_hz[None] >= 50.0)
+    assert (a.all_mask[inside] >= 0.5).all()
 
 
 def test_split_sub_bands_cuts_wide_bands_at_the_band_rate():
@@ -99,19 +108,18 @@ def test_8_and_384_khz_clips_go_through_one_model_in_one_batch_with_the_same_tok
     out = fe(*batch(clips))
     assert out.tokens.shape == (4, 100, 32)
     assert (~out.padding_mask).sum(1).tolist() == [100, 100, 100, 50]
-    assert out.band_width_hz[:, 0].tolist() == [500.0, 32000.0, 4000.0, 32000.0]
+    assert out.band_width_hz[:, -1].tolist() == [1000.0, 64000.0, 8000.0, 64000.0]  # the context width
     nyq = torch.tensor([sr for sr, _ in clips])[:, None] / 2
-    assert (out.band_start_hz + out.band_width_hz <= nyq + 1e-3).all() and (out.band_start_hz >= 50.0 - 1e-3).all()
+    assert (out.band_start_hz + out.band_width_hz <= nyq + 1e-2).all() and (out.band_start_hz >= 50.0 - 1e-3).all()
     for b, (sr, x) in enumerate(clips):  # each clip's tokens are its own, alone or batched
         alone = fe(*batch([(sr, x)]))
         n = int((~alone.padding_mask).sum())
         torch.testing.assert_close(alone.tokens[0, :n], out.tokens[b, :n], atol=2e-5, rtol=1e-4)
-    # the bat's sweeps (30-110 kHz, 80 kHz wide) lie inside the bands of the 384 kHz clip, but for a gap of a few kHz
-    # (measured 93.5 %: a sweep this fast fills its STFT frames edge to edge, and the evidence's common mode takes
-    # most of its interior, docs/frontends/heterodyne.md "Known limits"); 2 kHz bands could hold at most 20 %
+    # the bat's sweeps (30-110 kHz, 80 kHz wide: 2 kHz bands alone could hold at most 20 % of it) lie inside the
+    # 384 kHz clip's bands
     f, w = out.band_start_hz[1], out.band_width_hz[1]
     grid = torch.arange(30000.0, 110000.0, 100.0)
-    assert ((grid[:, None] >= f) & (grid[:, None] <= f + w)).any(1).float().mean() >= 0.85
+    assert ((grid[:, None] >= f) & (grid[:, None] <= f + w)).any(1).all()
 
 
 def test_wide_bands_give_finite_gradients_to_every_part():
@@ -125,25 +133,25 @@ def test_wide_bands_give_finite_gradients_to_every_part():
     assert fe.projection.convs[0].conv.weight.grad.abs().sum() > 0
 
 
-def test_one_fixed_width_is_the_model_before_variable_widths():
-    """band_width_hz set: every band is one sub-band of W Hz, and the tokens do not depend on band_widths_hz."""
+def test_no_context_bands_is_the_model_before_them():
+    """context_bands: 0 gives K bands of one sub-band each: the projection's pooling is the identity, and the
+    tokens do not depend on the (unused) context widths."""
     clips = [(16000, chirp_clip(16000, 1.0, 6000.0, 2000.0)), (96000, chirp_clip(96000, 1.0, 40000.0, 10000.0))]
-    a = frontend(band_width_hz=2000.0, max_sample_rate=192000)
-    b = frontend(band_width_hz=2000.0, max_sample_rate=192000, band_widths_hz=(1000.0, 4000.0), band_rate_hz=4000.0)
+    a = frontend(context_bands=0)
+    b = frontend(context_bands=0, context_widths_hz=(3000.0,))
     out_a, out_b = a(*batch(clips)), b(*batch(clips))
-    assert (out_a.band_width_hz == 2000.0).all()
+    assert out_a.band_start_hz.shape == (2, 8) and (out_a.band_width_hz == 2000.0).all()
     assert torch.equal(out_a.tokens, out_b.tokens) and torch.equal(out_a.band_start_hz, out_b.band_start_hz)
 
 
 def test_width_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="band_span"):
-        HeterodyneConfig(band_span=0.0).validate()
-    with pytest.raises(ConfigError, match="band_widths_hz"):
-        HeterodyneConfig(band_widths_hz=()).validate()
-    with pytest.raises(ConfigError, match="band_rate_hz"):
-        FrontendConfig(heterodyne=HeterodyneConfig(band_rate_hz=2010.0)).validate()
-    assert HeterodyneConfig().min_sample_rate == pytest.approx(2 * (50 + 500))
-    assert math.isclose(HeterodyneConfig(band_width_hz=2000.0).min_sample_rate, 4100.0)
+    with pytest.raises(ConfigError, match="context_widths_hz"):
+        HeterodyneConfig(context_widths_hz=()).validate()
+    with pytest.raises(ConfigError, match="context_bands"):
+        HeterodyneConfig(context_bands=-1).validate()
+    with pytest.raises(ConfigError, match="band_width_hz"):
+        FrontendConfig(heterodyne=HeterodyneConfig(band_width_hz=2010.0)).validate()
+    assert math.isclose(HeterodyneConfig().min_sample_rate, 4100.0)
 
 
 def test_the_field_recipe_takes_6_to_500_khz_in_one_batch_with_the_same_token_count():
@@ -161,24 +169,24 @@ def test_the_field_recipe_takes_6_to_500_khz_in_one_batch_with_the_same_token_co
         out = fe(*batch(clips))
     assert out.tokens.shape[:2] == (len(rates), 25) and not out.padding_mask.any()
     assert torch.isfinite(out.tokens).all()
-    widths = out.band_width_hz[:, 0].tolist()
-    assert widths == sorted(widths) and widths[0] == 500.0 and widths[-1] == 32000.0
+    widths = out.band_width_hz[:, -1].tolist()  # the context width
+    assert widths == sorted(widths) and widths[0] == 1000.0 and widths[-1] == 64000.0
 
 
-def test_a_run_folder_saved_before_variable_widths_loads_as_the_fixed_width_model(tmp_path):
-    """Saved configs hold band_width_hz: 2000.0 and max_sample_rate: 192000 (the old defaults); they rebuild the
-    old model, one 2 kHz band per band."""
+def test_a_run_folder_saved_before_context_bands_loads_as_the_model_it_trained():
+    """Saved configs from before issue 13 have no context_bands key (and max_sample_rate: 192000, the old default):
+    they rebuild the old model, 8 bands of 2 kHz, while a recipe gets today's default."""
     from a2v_het.config import config_from_dict, config_to_dict
 
     tree = config_to_dict(FrontendConfig())
-    for key in ("band_widths_hz", "band_rate_hz"):  # keys that did not exist then
+    for key in ("context_bands", "context_widths_hz", "sub_band_pooling"):  # keys that did not exist then
         tree["heterodyne"].pop(key)
-    tree["heterodyne"].update(band_width_hz=2000.0, max_sample_rate=192000)
+    tree["heterodyne"]["max_sample_rate"] = 192000
     cfg = config_from_dict(FrontendConfig, tree)
-    assert cfg.heterodyne.widths == (2000.0,) and cfg.heterodyne.rate_hz == 2000.0
+    assert cfg.heterodyne.context_bands == 0 and HeterodyneConfig().context_bands == 4
     fe = build_frontend(cfg)
     out = fe(*batch([(8000, chirp_clip(8000, 0.5, 3000.0, 1000.0)), (96000, chirp_clip(96000, 0.5, 30000.0, 9000.0))]))
-    assert (out.band_width_hz == 2000.0).all()
+    assert out.band_start_hz.shape == (2, 8) and (out.band_width_hz == 2000.0).all()
 
 
 def test_uniform_band_picker_tiles_each_clip_without_a_hypernetwork():
@@ -187,9 +195,9 @@ def test_uniform_band_picker_tiles_each_clip_without_a_hypernetwork():
     clips = [(8000, chirp_clip(8000, 0.5, 3000.0, 1000.0)), (192000, chirp_clip(192000, 0.5, 80000.0, 20000.0))]
     out = fe(*batch(clips))
     for b, (sr, _) in enumerate(clips):
-        f, w = out.band_start_hz[b], float(out.band_width_hz[b, 0])
-        assert float(f[0]) == pytest.approx(50.0) and float(f[-1]) == pytest.approx(sr / 2 - w)
-        assert (f.diff() <= w + 1e-3).all()  # no gaps: the spanning width tiles the clip's whole band
+        f = out.band_start_hz[b, :8]  # the detail bands, evenly spaced
+        assert float(f[0]) == pytest.approx(50.0) and float(f[-1]) == pytest.approx(sr / 2 - 2000.0)
+        torch.testing.assert_close(f.diff(), f.diff().mean().expand(7))
     from a2v_het.train.objective import CoverageObjective
 
     with pytest.raises(ValueError, match="band_picker"):
@@ -224,3 +232,35 @@ def test_sub_band_pooling_matches_pooling_each_band_by_hand(pooling):
     pooled = torch.stack([reduce(xs) for xs in by_band]).view(2, 2, 8, 10)  # (B, K, C, N)
     expected = proj.norm(proj.out(pooled.permute(0, 3, 1, 2).reshape(2, 10, 16)))
     torch.testing.assert_close(out, expected)
+
+
+def test_coverage_reports_the_detail_bands_apart_from_all_bands(tmp_path):
+    """All Cov counts every band (the context bands tile each clip, so every call is covered); All Cov (detail)
+    counts only the K picked bands, the picker's own work, and can only be lower."""
+    from a2v_het.eval.coverage import coverage_report, format_table
+    from data_tools.synth import write_synth_shards
+
+    write_synth_shards(tmp_path / "d", "field", 6, [96000, 192000], 1.0, seed=3, split="val")
+    report = coverage_report(frontend().eval(), str(tmp_path / "d"), "val", batch_size=3)
+    overall = report["overall"]
+    assert overall["calls"] > 0 and overall["all_cov"] == 1.0
+    assert 0.0 <= overall["all_cov_detail"] <= overall["all_cov"]
+    assert report["config"]["context_bands"] == 4 and "All Cov (detail)" in format_table(report)
+
+
+def test_fold_pooling_sums_each_bands_sub_band_signals_before_the_convs():
+    """sub_band_pooling: fold gives the same tokens as feeding the summed sub-band signals in as one band each."""
+    torch.manual_seed(0)
+    from a2v_het.frontend.projection import BandProjection, fold_sub_bands
+
+    proj = BandProjection(2, 2000.0, 50.0, 8, 16, 8, 250000.0, sub_band_pooling="fold")
+    sub = split_sub_bands(torch.tensor([[100.0, 9000.0], [300.0, 900.0]]),
+                          torch.tensor([[6000.0, 6000.0], [2000.0, 2000.0]]), 2000.0)
+    bands = torch.randn(2, sub.start_hz.shape[1], 2, 400)
+    folded, starts = fold_sub_bands(bands, sub.start_hz, sub.band_index, sub.index_in_band, 2)
+    torch.testing.assert_close(folded[0, 0], bands[0, :3].sum(0))
+    torch.testing.assert_close(folded[0, 1], bands[0, 3:6].sum(0))
+    torch.testing.assert_close(folded[1], bands[1, :2])  # one sub-band each: unchanged
+    assert starts.tolist() == [[100.0, 9000.0], [300.0, 900.0]]
+    out = proj(bands, sub.start_hz, None, sub.band_index, sub.index_in_band)
+    torch.testing.assert_close(out, proj(folded, starts))

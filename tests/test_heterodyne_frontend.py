@@ -65,18 +65,15 @@ def test_bands_stay_inside_each_clips_range(sr):
     nyq = torch.tensor([c[0] for c in clips], dtype=torch.float32)[:, None] / 2
     assert (f >= h.band_min_hz - 1e-3).all()
     assert (f + out.band_width_hz <= nyq + 1e-3).all()
-    assert (out.band_width_hz >= h.widths[0]).all() and (out.band_width_hz <= h.widths[-1]).all()
+    assert f.shape[1] == h.num_bands + h.context_bands and (out.band_width_hz[:, : h.num_bands] == 2000.0).all()
 
 
 def test_rates_outside_the_supported_range_are_clear_errors():
     fe = make_frontend()
     with pytest.raises(ValueError, match="too low"):
-        fe(*batch([(1000, noisy_tone(1000, 1.0, 300.0))]))
+        fe(*batch([(3000, noisy_tone(3000, 1.0, 500.0))]))
     with pytest.raises(ValueError, match="max_sample_rate"):
         fe(*batch([(768000, noisy_tone(768000, 0.1, 5000.0))]))
-    fixed = make_frontend(band_width_hz=2000.0, max_sample_rate=192000)  # the model before variable widths
-    with pytest.raises(ValueError, match="too low"):
-        fixed(*batch([(3000, noisy_tone(3000, 1.0, 500.0))]))
 
 
 @pytest.mark.parametrize("kind", ["silence", "dc", "clipped", "too_short", "tiny"])

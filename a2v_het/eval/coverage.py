@@ -54,15 +54,21 @@ def call_coverage(band_start_hz: torch.Tensor, band_width_hz: float | torch.Tens
 
 
 def clip_metrics(band_start_hz: torch.Tensor, variance: torch.Tensor, mask: torch.Tensor, freq_valid: torch.Tensor,
-                 events: list[dict], band_width_hz: float | torch.Tensor, gamma_hz: float) -> dict[str, Any]:
-    """Metrics of one clip. band_start_hz (K,) and band_width_hz (W or (K,)) in Hz, variance/mask/freq_valid (G,)
-    on the analysis grid."""
+                 events: list[dict], band_width_hz: float | torch.Tensor, gamma_hz: float,
+                 num_detail: int | None = None) -> dict[str, Any]:
+    """Metrics of one clip. band_start_hz (K + J,) and band_width_hz (W or (K + J,)) in Hz, variance/mask/freq_valid
+    (G,) on the analysis grid; the first ``num_detail`` bands are the picked detail bands (default: all), whose own
+    coverage is ``all_cov_detail``."""
     calls = [e for e in events if e.get("low_hz") is not None and e.get("high_hz") is not None]
-    soft, hard = [], []
+    k = band_start_hz.shape[0] if num_detail is None else num_detail
+    widths = torch.as_tensor(band_width_hz, dtype=torch.float64).expand(band_start_hz.shape[0])
+    soft, hard, detail = [], [], []
     for e in calls:
-        s, p = call_coverage(band_start_hz, band_width_hz, gamma_hz, float(e["low_hz"]), float(e["high_hz"]))
+        lo, hi = float(e["low_hz"]), float(e["high_hz"])
+        s, p = call_coverage(band_start_hz, widths, gamma_hz, lo, hi)
         soft.append(s >= COVERED_FRACTION)
         hard.append(p >= COVERED_FRACTION)
+        detail.append(call_coverage(band_start_hz[:k], widths[:k], gamma_hz, lo, hi)[0] >= COVERED_FRACTION)
     v, m, fv = variance[None], mask[None], freq_valid[None]
     p = variance_distribution(v, fv)[0]
     s_f = surprise(p[None], EPS)[0] * fv[0]
@@ -75,6 +81,7 @@ def clip_metrics(band_start_hz: torch.Tensor, variance: torch.Tensor, mask: torc
         "all_cov": all(soft) if calls else None,
         "any_cov": any(soft) if calls else None,
         "all_cov_pass": all(hard) if calls else None,
+        "all_cov_detail": all(detail) if calls else None,
         "energy_overlap": covered_at(p) if has_signal else None,
         "surprise_overlap": covered_at(s_f) if has_signal else None,
         "captured_variance": float(var_frac[0]),
@@ -84,7 +91,7 @@ def clip_metrics(band_start_hz: torch.Tensor, variance: torch.Tensor, mask: torc
 
 def aggregate(per_clip: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
     """Rows per sample rate and overall: fractions of clips (None entries skipped), means of the fractions."""
-    keys = ["all_cov", "any_cov", "all_cov_pass", "energy_overlap", "surprise_overlap", "captured_variance",
+    keys = ["all_cov", "any_cov", "all_cov_pass", "all_cov_detail", "energy_overlap", "surprise_overlap", "captured_variance",
             "captured_surprise", "transient_capture"]
     groups: dict[int, list[dict]] = defaultdict(list)
     for sr, m in per_clip:
@@ -144,24 +151,25 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
                                          a.band_start_hz, a.band_width_hz, *transient_hz)
         for b in range(wave.shape[0]):
             sr = int(rates[b])
-            m = clip_metrics(a.band_start_hz[b].cpu(), variance[b].cpu(), a.mask[b].cpu(),
+            m = clip_metrics(a.band_start_hz[b].cpu(), variance[b].cpu(), a.all_mask[b].cpu(),
                              a.stats.freq_valid[b].cpu(), batch["events"][b], a.band_width_hz[b].cpu(),
-                             h.cauchy_width_hz)
+                             h.cauchy_width_hz, a.num_detail)
             m["transient_capture"] = None if captured is None else float(captured[b])
             per_clip.append((sr, m))
             if sr not in examples:
                 examples[sr] = (wave[b, : int(lengths[b])].float().cpu().numpy(), sr,
-                                a.band_start_hz[b].cpu().numpy(), batch["events"][b], float(a.band_width_hz[b, 0]))
+                                a.band_start_hz[b].cpu().numpy(), batch["events"][b], a.band_width_hz[b].cpu().numpy())
     report = aggregate(per_clip)
     report["definitions"] = {
         "covered": f">= {COVERED_FRACTION:.0%} of [low_hz, high_hz] where M(f) >= {MASK_THRESHOLD}",
         "all_cov_pass": "as all_cov, but counting only the hard passbands [f_k, f_k + W]",
+        "all_cov_detail": "as all_cov, counting only the K picked detail bands (not the context bands)",
     }
     if transient_hz is not None:
         report["definitions"]["transient_capture"] = (
             f"share of the transient energy (> 6 dB above each bin's median) in {transient_hz[0]:g}-"
             f"{transient_hz[1]:g} Hz inside the hard passbands, mean over clips")
-    report["config"] = {"num_bands": h.num_bands, "band_widths_hz": list(h.widths),
+    report["config"] = {"num_bands": h.num_bands, "band_width_hz": h.band_width_hz, "context_bands": h.context_bands,
                         "cauchy_width_hz": h.cauchy_width_hz, "mixing": h.mixing}
     if plot_dir is not None and per_clip:
         # lazy: eval.plots imports matplotlib (0.4 s), needed only when PNGs are asked for
@@ -172,7 +180,7 @@ def coverage_report(frontend, shard_dir: str, split: str, batch_size: int = 16, 
         ex = [examples[sr] for sr in sorted(examples)][:n_plot]
         bands_png = plot_bands_over_spectrograms(
             plot_dir / f"bands_{plot_tag}.png", [e[0] for e in ex], [e[1] for e in ex], [e[2] for e in ex],
-            [e[4] for e in ex], events=[e[3] for e in ex])
+            [e[4] for e in ex], events=[e[3] for e in ex], detail_bands=h.num_bands)
         cov_png = plot_coverage_by_rate(plot_dir / f"coverage_by_rate_{plot_tag}.png", report["by_sample_rate"])
         report["plots"] = {"bands": str(bands_png), "coverage_by_rate": str(cov_png)}
     return report
@@ -182,15 +190,16 @@ def format_table(report: dict[str, Any]) -> str:
     """The seed's table (plus the stricter pass variant and the captured fractions) as Markdown."""
     t = report["overall"].get("transient_capture")
     transients = t is not None and not math.isnan(t)  # asked for and measured
-    head = ("| SR (Hz) | Samples | All Cov | Any Cov | Energy Overlap | Surprise Overlap | All Cov (pass) "
-            "| Captured var | Captured surprise |" + (" Transient capture |" if transients else ""))
-    lines = [head, "|" + "---|" * (10 if transients else 9)]
+    head = ("| SR (Hz) | Samples | All Cov | All Cov (detail) | Any Cov | Energy Overlap | Surprise Overlap "
+            "| All Cov (pass) | Captured var | Captured surprise |" + (" Transient capture |" if transients else ""))
+    lines = [head, "|" + "---|" * (11 if transients else 10)]
 
     def pct(x: float) -> str:
         return "n/a" if x != x else f"{100 * x:.1f}%"
 
     for r in report["by_sample_rate"] + [{"sample_rate": "all", **report["overall"]}]:
-        lines.append(f"| {r['sample_rate']} | {r['samples']} | {pct(r['all_cov'])} | {pct(r['any_cov'])} | "
+        lines.append(f"| {r['sample_rate']} | {r['samples']} | {pct(r['all_cov'])} | {pct(r['all_cov_detail'])} | "
+                     f"{pct(r['any_cov'])} | "
                      f"{pct(r['energy_overlap'])} | {pct(r['surprise_overlap'])} | {pct(r['all_cov_pass'])} | "
                      f"{r['captured_variance']:.3f} | {r['captured_surprise']:.3f} |"
                      + (f" {pct(r['transient_capture'])} |" if transients else ""))

@@ -54,33 +54,24 @@ class SelectorPicker:
         evidence = h.evidence_args
         stats = grid_power_statistics(wave, sample_rate, lengths, h.stft_window_s, h.stft_hop_s, n_grid, fe.grid_hz,
                                       h.power_exponent, evidence)
-        # Each selector gets the frontend's own band width per clip (one call per width in the batch), so the
-        # baselines and the learned picker differ only in where they put the bands.
-        width = fe.band_widths(sample_rate, stats.evidence if h.coverage_statistic == "call_evidence"
-                               else stats.variance)  # (B,)
-        spec = None
-        if self.name in ("spectral_flux", "entropy"):
+        args = (h.num_bands, h.band_width_hz, h.band_min_hz)
+        if self.name in ("greedy_evidence", "greedy_variance"):
+            statistic = stats.evidence if self.name == "greedy_evidence" else stats.variance
+            starts = greedy_starts(statistic, sample_rate, *args, h.cauchy_width_hz, fe.grid_hz)
+        elif self.name == "uniform":
+            starts = uniform_starts(sample_rate, *args)
+        elif self.name == "random":
+            starts = random_starts(sample_rate, *args, generator=self.generator)
+        else:
             spec = grid_power_spectrogram(wave, sample_rate, lengths, h.stft_window_s, h.stft_hop_s, n_grid,
                                           fe.grid_hz)
-        starts = torch.zeros(wave.shape[0], h.num_bands, device=wave.device)
-        for w in width.unique().tolist():
-            rows = (width == w).nonzero().flatten()
-            sr = sample_rate[rows]
-            args = (h.num_bands, w, h.band_min_hz)
-            if self.name in ("greedy_evidence", "greedy_variance"):
-                statistic = stats.evidence if self.name == "greedy_evidence" else stats.variance
-                picked = greedy_starts(statistic[rows], sr, *args, h.cauchy_width_hz, fe.grid_hz)
-            elif self.name == "uniform":
-                picked = uniform_starts(sr, *args)
-            elif self.name == "random":
-                picked = random_starts(sr, *args, generator=self.generator)
-            else:
-                select = flux_starts if self.name == "spectral_flux" else entropy_starts
-                picked = select(spec.power[rows], spec.frame_valid[rows], spec.freqs_hz, sr, *args)
-            starts[rows] = check_starts(picked, sr, h.band_min_hz, w)
-        mask = soft_or(cauchy_band_masks(stats.freqs_hz, starts, width[:, None], h.cauchy_width_hz))
+            select = flux_starts if self.name == "spectral_flux" else entropy_starts
+            starts = select(spec.power, spec.frame_valid, spec.freqs_hz, sample_rate, *args)
+        starts = check_starts(starts, sample_rate, h.band_min_hz, h.band_width_hz)
+        mask = soft_or(cauchy_band_masks(stats.freqs_hz, starts, h.band_width_hz, h.cauchy_width_hz))
         statistic = stats.evidence if h.coverage_statistic == "call_evidence" else stats.variance
-        return BandAnalysis(starts, width[:, None].expand_as(starts), stats, mask, statistic)
+        # The selector replaces the picker's detail bands only; every picker gets the same context bands.
+        return fe.with_context(starts, sample_rate, stats, mask, statistic)
 
 
 def untrained_like(frontend: HeterodyneFrontend, seed: int = 0) -> HeterodyneFrontend:

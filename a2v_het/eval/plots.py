@@ -83,6 +83,7 @@ def plot_bands_over_spectrograms(
     events: Sequence[Sequence[Mapping[str, Any]]] | None = None,
     titles: Sequence[str] | None = None,
     *,
+    detail_bands: int | Sequence[int] | None = None,
     dpi: int = 100,
 ) -> Path:
     """Grid of spectrograms with each clip's picked bands and ground-truth events drawn on top; writes a PNG.
@@ -93,7 +94,9 @@ def plot_bands_over_spectrograms(
         sample_rates: C rates in Hz; each panel's y axis runs from 0 to that clip's Nyquist, in kHz.
         band_start_hz: C arrays (K,) of band starts f_k in Hz; band k is drawn as a translucent horizontal span over
             [f_k, f_k + W] (the part above the Nyquist falls outside the axis).
-        band_width_hz: W in Hz, one for all clips or one per clip.
+        band_width_hz: W in Hz: one for all clips, or per clip one W or (K,) widths.
+        detail_bands: per clip (or for all) how many of the first bands are detail bands, drawn filled; the rest
+            (context bands) are drawn as dashed edges. Default: every band is a detail band.
         events: optional C lists of dicts with ``onset_s``, ``offset_s``, ``low_hz``, ``high_hz`` and optional
             ``label``, drawn as outlined rectangles (time x frequency).
         titles: optional C panel titles (default: "clip c, <rate> kHz").
@@ -110,10 +113,18 @@ def plot_bands_over_spectrograms(
         raise ValueError(f"events must have one list per clip ({n}), got {len(events)}")
     if titles is not None and len(titles) != n:
         raise ValueError(f"titles must have one entry per clip ({n}), got {len(titles)}")
-    widths = ([float(band_width_hz)] * n if np.ndim(band_width_hz) == 0
-              else [float(w) for w in _to_numpy(band_width_hz).reshape(-1)])
-    if len(widths) != n:
-        raise ValueError(f"band_width_hz must be a scalar or have {n} entries, got {len(widths)}")
+    if np.isscalar(band_width_hz) or getattr(band_width_hz, "ndim", None) == 0:
+        widths = [float(band_width_hz)] * n
+    else:
+        widths = list(band_width_hz)
+        if len(widths) != n:
+            raise ValueError(f"band_width_hz must be a scalar or have {n} entries, got {len(widths)}")
+    widths = [np.broadcast_to(_to_numpy(w).astype(float).reshape(-1), _to_numpy(f).reshape(-1).shape)
+              for w, f in zip(widths, band_start_hz)]  # per clip: one width per band
+    if detail_bands is None:
+        detail_bands = [len(w) for w in widths]
+    elif np.ndim(detail_bands) == 0:
+        detail_bands = [int(detail_bands)] * n
 
     ncols = min(n, MAX_COLS)
     nrows = math.ceil(n / ncols)
@@ -131,9 +142,13 @@ def plot_bands_over_spectrograms(
         im = ax.imshow(s_db, origin="lower", aspect="auto", cmap="magma", interpolation="nearest",
                        extent=(0.0, max(duration, 1e-9), 0.0, nyq_khz))
         for k, f in enumerate(_to_numpy(band_start_hz[c]).reshape(-1)):
-            ax.axhspan(f / 1000.0, (f + widths[c]) / 1000.0, color=band_colors[k % len(band_colors)], alpha=0.25,
-                       linewidth=0)
-            ax.axhline(f / 1000.0, color=band_colors[k % len(band_colors)], linewidth=0.6, alpha=0.8)
+            lo_khz, hi_khz = f / 1000.0, (f + widths[c][k]) / 1000.0
+            if k < detail_bands[c]:  # detail bands: filled spans
+                ax.axhspan(lo_khz, hi_khz, color=band_colors[k % len(band_colors)], alpha=0.25, linewidth=0)
+                ax.axhline(lo_khz, color=band_colors[k % len(band_colors)], linewidth=0.6, alpha=0.8)
+            else:  # context bands: their edges only, dashed
+                for edge in (lo_khz, hi_khz):
+                    ax.axhline(edge, color="white", linewidth=0.6, alpha=0.6, linestyle="--")
         for ev in (events[c] if events is not None else ()):
             on, off = float(ev["onset_s"]), float(ev["offset_s"])
             lo, hi = float(ev["low_hz"]) / 1000.0, float(ev["high_hz"]) / 1000.0

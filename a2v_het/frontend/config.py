@@ -12,36 +12,24 @@ from a2v_het.config import ConfigError
 @dataclass(frozen=True)
 class HeterodyneConfig:
     num_bands: int = 8
-    """K: bands picked per clip."""
-    band_widths_hz: tuple[float, ...] = (500.0, 1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0)
-    """The widths W a band can take (Hz). Each clip's K bands share one width, the narrowest of these for which K
-    bands span the clip's whole band, K * W >= nyquist - band_min_hz (the widest that fits when none does; see
-    :func:`a2v_het.frontend.band_widths.clip_band_width` and docs/frontends/heterodyne.md "Band widths"): 500 Hz
-    at 8 kHz, 4 kHz at 48 kHz, 32 kHz at 384-500 kHz. A width above ``band_rate_hz`` is cut into sub-bands of it
-    (the last one narrower when W is not a whole multiple)."""
-    band_width_rule: Literal["span", "evidence"] = "span"
-    """How each clip's width is chosen from ``band_widths_hz``. span (default): the narrowest whose K bands span the
-    clip's band (K * W >= band_span * (nyquist - band_min_hz)), whatever the clip holds. evidence: the narrowest,
-    at most that one, whose K greedy bands still hold ``band_capture_fraction`` of the clip's call evidence that
-    the spanning bands hold (:func:`a2v_het.frontend.band_widths.evidence_band_width`); an ablation, measured to
-    lose coverage (BENCHMARKS.md): the evidence's common mode removes most of a fast FM sweep's interior, so
-    narrow bands on the sweep's edges seem to hold it."""
-    band_capture_fraction: float = 0.95
-    """evidence rule: the share of the spanning bands' evidence that narrower bands must hold (0-1]."""
-    band_span: float = 1.0
-    """How much of a clip's band its K bands must be able to span for a width to be taken: the narrowest width with
-    K * W >= band_span * (nyquist - band_min_hz). 1.0 = exactly spanning; above 1 leaves the picker slack."""
-    band_rate_hz: float = 2000.0
-    """Complex sample rate of every band signal the projection reads (Hz). A band wider than this is heterodyned as
-    W / band_rate_hz adjacent sub-bands of this width, each through the same convs, and max-pooled into the band's
-    features; a narrower band is sampled at this rate with nothing above its width. So the projection's weights
-    are the same for every width, and the cost grows with the bandwidth analysed (as the input's own rate does)."""
-    sub_band_pooling: Literal["max", "mean"] = "max"
-    """How a wide band's sub-band features become the band's (a2v_het/frontend/projection.py): their element-wise
-    maximum per token (a call in any sub-band reads at full strength) or their mean (the ablation)."""
-    band_width_hz: float | None = None
-    """One fixed width W for every band and clip (Hz), also the band rate: the model before variable widths (and
-    what run folders saved before them load as). None (default): the widths of ``band_widths_hz``."""
+    """K: detail bands per clip, each ``band_width_hz`` wide, placed by the band picker (the hypernetwork) where the
+    calls are. They give the encoder frequency resolution."""
+    band_width_hz: float = 2000.0
+    """W: each detail band is [band_start_hz, band_start_hz + W]; also the complex sample rate of every band signal
+    the projection reads (a context band wider than W is cut into sub-bands of W, a2v_het/frontend/band_widths.py)."""
+    context_bands: int = 4
+    """J: context bands per clip that tile its whole band evenly, so nothing a clip holds is ever outside every band
+    (coverage from 6 to 500 kHz). Their width is the narrowest of ``context_widths_hz`` with
+    J * W_c >= nyquist - band_min_hz: 1 kHz at 8 kHz, 8 kHz at 48 kHz, 64 kHz at 384-500 kHz. 0 = detail bands only
+    (the model before issue 13, and what run folders saved before this key load as). Design and measurements:
+    docs/frontends/heterodyne.md "Band widths"."""
+    context_widths_hz: tuple[float, ...] = (1000.0, 2000.0, 4000.0, 8000.0, 16000.0, 32000.0, 64000.0)
+    """The widths a context band can take (Hz)."""
+    sub_band_pooling: Literal["fold", "max", "mean"] = "fold"
+    """How a wide (context) band's sub-bands become the band's features (a2v_het/frontend/projection.py). fold
+    (default): the sub-band signals summed into one band-rate signal (its spectrum aliased onto 2 kHz) before the
+    convs, so each band costs the convs once. max / mean: each sub-band through the convs, then the element-wise
+    maximum / mean per token; max detects as well as fold and costs 1.3-1.9x the frontend (BENCHMARKS.md)."""
     band_min_hz: float = 50.0
     """f_min: lowest allowed band start (keeps bands off DC)."""
     mixing: Literal["quadrature", "cosine"] = "quadrature"
@@ -121,23 +109,16 @@ class HeterodyneConfig:
     def validate(self) -> None:
         if self.num_bands < 1:
             raise ConfigError("frontend.heterodyne.num_bands must be >= 1")
-        if self.band_width_hz is not None and self.band_width_hz <= 0:
-            raise ConfigError(f"frontend.heterodyne.band_width_hz must be > 0 or null, got {self.band_width_hz}")
-        if self.band_min_hz < 0:
-            raise ConfigError("frontend.heterodyne.band_min_hz must be >= 0")
-        if not self.band_widths_hz or any(w <= 0 for w in self.band_widths_hz):
-            raise ConfigError(f"frontend.heterodyne.band_widths_hz must be positive widths in Hz, got "
-                              f"{list(self.band_widths_hz)}")
-        if self.band_rate_hz <= 0:
-            raise ConfigError(f"frontend.heterodyne.band_rate_hz must be > 0, got {self.band_rate_hz}")
-        if not 0 < self.band_capture_fraction <= 1:
-            raise ConfigError(f"frontend.heterodyne.band_capture_fraction must be in (0, 1], got "
-                              f"{self.band_capture_fraction}")
-        if not self.band_span > 0:
-            raise ConfigError(f"frontend.heterodyne.band_span must be > 0, got {self.band_span}")
+        if self.band_width_hz <= 0 or self.band_min_hz < 0:
+            raise ConfigError("frontend.heterodyne.band_width_hz must be > 0 and band_min_hz >= 0")
+        if self.context_bands < 0:
+            raise ConfigError(f"frontend.heterodyne.context_bands must be >= 0, got {self.context_bands}")
+        if self.context_bands and (not self.context_widths_hz or any(w <= 0 for w in self.context_widths_hz)):
+            raise ConfigError(f"frontend.heterodyne.context_widths_hz must be positive widths in Hz, got "
+                              f"{list(self.context_widths_hz)}")
         if self.max_sample_rate < self.min_sample_rate:
             raise ConfigError(
-                "frontend.heterodyne.max_sample_rate must be >= 2 * (band_min_hz + the narrowest band width) "
+                "frontend.heterodyne.max_sample_rate must be >= 2 * (band_min_hz + band_width_hz) "
                 f"= {self.min_sample_rate:g} Hz"
             )
         if self.stft_hop_s <= 0 or self.stft_window_s <= 0:
@@ -158,21 +139,14 @@ class HeterodyneConfig:
                 self.evidence_common_mode_hz)
 
     @property
-    def widths(self) -> tuple[float, ...]:
-        """The band widths in use (Hz), ascending: (band_width_hz,) when it is set, else band_widths_hz."""
-        if self.band_width_hz is not None:
-            return (float(self.band_width_hz),)
-        return tuple(sorted(float(w) for w in set(self.band_widths_hz)))
-
-    @property
-    def rate_hz(self) -> float:
-        """Complex sample rate of each band signal into the projection: band_width_hz when set, else band_rate_hz."""
-        return float(self.band_width_hz) if self.band_width_hz is not None else float(self.band_rate_hz)
+    def total_bands(self) -> int:
+        """K + J: the bands every clip's tokens are made of."""
+        return self.num_bands + self.context_bands
 
     @property
     def min_sample_rate(self) -> float:
-        """Lowest input rate that still fits one band: 2 * (f_min + the narrowest W)."""
-        return 2.0 * (self.band_min_hz + self.widths[0])
+        """Lowest input rate that still fits one detail band: 2 * (f_min + W)."""
+        return 2.0 * (self.band_min_hz + self.band_width_hz)
 
 
 @dataclass(frozen=True)
@@ -470,10 +444,9 @@ class FrontendConfig:
         options = getattr(self, section) if section else None
         if options is not None and hasattr(options, "validate"):
             options.validate()
-        ratio = self.heterodyne.rate_hz / self.token_rate
+        ratio = self.heterodyne.band_width_hz / self.token_rate
         if self.name == "heterodyne" and abs(ratio - round(ratio)) > 1e-9:
             raise ConfigError(
-                f"frontend.heterodyne.{'band_width_hz' if self.heterodyne.band_width_hz else 'band_rate_hz'} "
-                f"({self.heterodyne.rate_hz:g}) must be a whole multiple of frontend.token_rate "
-                f"({self.token_rate:g}): each band is sampled at this rate and pooled to tokens"
+                f"frontend.heterodyne.band_width_hz ({self.heterodyne.band_width_hz:g}) must be a whole multiple "
+                f"of frontend.token_rate ({self.token_rate:g}): each band is sampled at W Hz and pooled to tokens"
             )

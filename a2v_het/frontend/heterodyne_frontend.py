@@ -1,8 +1,8 @@
 """HeterodyneFrontend: the learnable frontend that replaces the conv feature extractor.
 
-recording (B, T) at any rates -> grid spectrogram -> each clip's band width W from its Nyquist -> hypernetwork
-picks K band starts -> heterodyne each band (as sub-bands of the band rate R when W > R) -> projection to (B, N, D)
-tokens at ``token_rate``, N = duration * token_rate at every input sample rate and every band width.
+recording (B, T) at any rates -> grid spectrogram -> hypernetwork picks K detail bands of W Hz where the calls are,
+J context bands tile each clip's whole band -> heterodyne every band (wide ones as sub-bands of W Hz) -> projection
+to (B, N, D) tokens at ``token_rate``, N = duration * token_rate at every input sample rate.
 The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses,
 already weighted by ``frontend.heterodyne.energy_weight`` / ``surprise_weight`` (:meth:`HeterodyneFrontend.weighted`):
 the frontend owns its losses' weights, so an objective adds ``FrontendOutput.aux_losses`` as they come.
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from a2v_het.frontend.band_masks import cauchy_band_masks, soft_or
 from a2v_het.frontend.band_selectors import uniform_starts
-from a2v_het.frontend.band_widths import clip_band_width, evidence_band_width, split_sub_bands
+from a2v_het.frontend.band_widths import clip_band_width, split_sub_bands
 from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.frontend.coverage_losses import (
@@ -36,11 +36,13 @@ from a2v_het.frontend.spectrum import GridPowerStats, frequency_grid, grid_power
 class BandAnalysis:
     """What the hypernetwork saw and chose, on the absolute grid (all fp32)."""
 
-    band_start_hz: Tensor  # (B, K) Hz
-    band_width_hz: Tensor  # (B, K) Hz (one width per clip, repeated over its K bands)
+    band_start_hz: Tensor  # (B, K + J) Hz: the K detail bands, then the J context bands
+    band_width_hz: Tensor  # (B, K + J) Hz
     stats: GridPowerStats  # mean power, sigma^2(f) = Var_t P(f, t), call evidence, Nyquist mask, all (B, G)
-    mask: Tensor  # (B, G) soft-OR M(f)
+    mask: Tensor  # (B, G) soft-OR M(f) of the K detail bands: what the coverage losses train the picker on
     statistic: Tensor  # (B, G) what the coverage losses measure (HeterodyneConfig.coverage_statistic)
+    all_mask: Tensor  # (B, G) soft-OR of every band, detail and context: what the encoder's tokens hold
+    num_detail: int  # K
 
     @property
     def variance(self) -> Tensor:
@@ -64,8 +66,8 @@ class HeterodyneFrontend(Frontend):
         self.n_grid = frequency_grid(h.max_sample_rate, self.grid_hz)
         # band_picker: uniform builds no hypernetwork, so no parameter waits for a gradient that never comes.
         self.picker = BandPicker(h, self.grid_hz) if h.band_picker == "learned" else None
-        self.samples_per_token = int(round(h.rate_hz / cfg.token_rate))
-        self.projection = BandProjection(h.num_bands, h.rate_hz, cfg.token_rate, h.conv_channels, cfg.dim,
+        self.samples_per_token = int(round(h.band_width_hz / cfg.token_rate))
+        self.projection = BandProjection(h.total_bands, h.band_width_hz, cfg.token_rate, h.conv_channels, cfg.dim,
                                          h.band_embedding_dim, h.max_sample_rate / 2, h.sub_band_pooling)
 
     def num_tokens(self, duration_s: float, sample_rate: int) -> int:
@@ -100,25 +102,29 @@ class HeterodyneFrontend(Frontend):
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
         statistic = stats.evidence if use_evidence else stats.variance
-        width = self.band_widths(sample_rate, statistic)  # (B,)
+        width = torch.full_like(sample_rate, h.band_width_hz, dtype=torch.float32)  # (B,)
         with torch.autocast(device_type=wave.device.type, enabled=False):
             if self.picker is None:
                 band_start = uniform_starts(sample_rate, h.num_bands, width, h.band_min_hz)
             else:
                 band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate, width)
-            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, width[:, None], h.cauchy_width_hz))
-        return BandAnalysis(band_start, width[:, None].expand_as(band_start), stats, mask, statistic)
+            mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, h.band_width_hz, h.cauchy_width_hz))
+        return self.with_context(band_start, sample_rate, stats, mask, statistic)
 
-    def band_widths(self, sample_rate: Tensor, statistic: Tensor) -> Tensor:
-        """(B,) Hz: each clip's band width from its rate and, by the evidence rule, from what its ``statistic``
-        (B, G) holds (a2v_het/frontend/band_widths.py)."""
+    def with_context(self, detail_start_hz: Tensor, sample_rate: Tensor, stats: GridPowerStats, mask: Tensor,
+                     statistic: Tensor) -> BandAnalysis:
+        """The analysis of K detail bands (B, K) with each clip's J context bands appended."""
         h = self.h
-        sample_rate = torch.as_tensor(sample_rate).reshape(-1)
-        span = clip_band_width(sample_rate, h.widths, h.num_bands, h.band_min_hz, h.band_span)
-        if h.band_width_rule == "span" or len(h.widths) == 1:
-            return span
-        return evidence_band_width(statistic, sample_rate, span, h.widths, h.num_bands, h.band_min_hz, self.grid_hz,
-                                   h.band_capture_fraction)
+        start, width = [detail_start_hz], [torch.full_like(detail_start_hz, h.band_width_hz)]
+        if h.context_bands:
+            w_ctx = clip_band_width(sample_rate, h.context_widths_hz, h.context_bands, h.band_min_hz)  # (B,)
+            start.append(uniform_starts(sample_rate, h.context_bands, w_ctx, h.band_min_hz))
+            width.append(w_ctx[:, None].expand(-1, h.context_bands))
+        all_mask = mask
+        if h.context_bands:
+            ctx = cauchy_band_masks(stats.freqs_hz, start[1], width[1], h.cauchy_width_hz)  # (B, J, G)
+            all_mask = 1.0 - (1.0 - mask) * torch.prod(1.0 - ctx, dim=1)
+        return BandAnalysis(torch.cat(start, 1), torch.cat(width, 1), stats, mask, statistic, all_mask, h.num_bands)
 
     def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         fv = a.stats.freq_valid
@@ -152,7 +158,7 @@ class HeterodyneFrontend(Frontend):
         grad_to_bands = self.h.band_grad_from_ssl
         bands_used = a.band_start_hz if grad_to_bands else a.band_start_hz.detach()
         valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)  # (B,) tokens inside each clip
-        rate = self.h.rate_hz
+        rate = self.h.band_width_hz
         sub = split_sub_bands(bands_used, a.band_width_hz, rate)
         full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
         # Each clip is mixed down over its own whole-token span, so batching never changes its valid tokens.

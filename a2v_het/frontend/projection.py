@@ -1,4 +1,4 @@
-"""The projecting module: 2K band channels at the band rate R -> tokens of width D at the token rate.
+"""The projecting module: 2(K + J) band channels at the band rate R -> tokens of width D at the token rate.
 
 Each band's [I, Q] pair goes through the same strided conv stack (bands are a batch dimension, so the weights do
 not care which slot a band sits in), reaching the token rate. Every band's features are then shifted by an
@@ -6,11 +6,11 @@ embedding of where the band sits (f_k in Hz, as sinusoids on a log-spaced set of
 2 kHz and one at 20 kHz would look identical to the encoder after mixing down. Finally the K band feature vectors
 of each token are concatenated and projected to D.
 
-A band wider than R comes as several sub-bands of R Hz (a2v_het/frontend/band_widths.py). Each sub-band goes
-through the same convs and gets the embedding of its own start; the band's features are their element-wise
-maximum per token, so a call anywhere in a 32 kHz band reads as strongly as in a 2 kHz one (a mean would dilute it
-by the number of sub-bands) and the weights are the same for every width. A band of exactly R Hz is one sub-band:
-the maximum is the identity, and the model is the fixed-width one.
+A band wider than R (a context band) comes as several sub-bands of R Hz (a2v_het/frontend/band_widths.py). By
+default (``fold``) their signals are summed into one signal at R before the convs: the band's spectrum aliased onto
+R Hz, so every band costs the convs once. With ``max`` (``mean``) each sub-band goes through the same convs and gets
+the embedding of its own start, and the band's features are their element-wise maximum (mean) per token. Either
+way the weights are the same for every width, and a band of exactly R Hz (one sub-band) is left as it is.
 """
 
 from __future__ import annotations
@@ -42,6 +42,22 @@ def frequency_embedding(freq_hz: Tensor, dim: int, max_hz: float) -> Tensor:
     scales = (2.0 ** torch.arange(half, device=freq_hz.device, dtype=torch.float32)) * math.pi
     x = (freq_hz.float() / max_hz)[..., None] * scales
     return torch.cat([torch.sin(x), torch.cos(x)], dim=-1)
+
+
+def fold_sub_bands(bands: Tensor, start_hz: Tensor, band_index: Tensor, index_in_band: Tensor, num_bands: int
+                   ) -> tuple[Tensor, Tensor]:
+    """Each band's sub-band signals summed into one signal at the band rate: its spectrum folded (aliased) onto R Hz,
+    as decimating it without an anti-alias filter would. bands (B, S, 2, L), start_hz / band_index / index_in_band
+    (B, S) -> (B, K, 2, L) and each band's start (B, K), the start of its first sub-band."""
+    b, s, _, length = bands.shape
+    real = band_index < num_bands
+    slots = (torch.arange(b, device=bands.device)[:, None] * num_bands + band_index.clamp(max=num_bands - 1))
+    rows = real.flatten().nonzero().flatten()
+    slot = slots.flatten()[rows]
+    folded = bands.new_zeros(b * num_bands, 2, length).index_add(0, slot, bands.reshape(b * s, 2, length)[rows])
+    first = (real & (index_in_band == 0)).flatten().nonzero().flatten()
+    starts = start_hz.new_zeros(b * num_bands).index_copy(0, slots.flatten()[first], start_hz.flatten()[first])
+    return folded.view(b, num_bands, 2, length), starts.view(b, num_bands)
 
 
 class SameStrideConv(nn.Module):
@@ -79,8 +95,8 @@ class BandProjection(nn.Module):
     def __init__(self, num_bands: int, band_rate_hz: float, token_rate: float, channels: int, dim: int,
                  band_embedding_dim: int, max_hz: float, sub_band_pooling: str = "max"):
         super().__init__()
-        if sub_band_pooling not in ("max", "mean"):
-            raise ValueError(f"sub_band_pooling must be 'max' or 'mean', got {sub_band_pooling!r}")
+        if sub_band_pooling not in ("max", "mean", "fold"):
+            raise ValueError(f"sub_band_pooling must be 'max', 'mean' or 'fold', got {sub_band_pooling!r}")
         self.sub_band_pooling = sub_band_pooling
         ratio = band_rate_hz / token_rate
         if abs(ratio - round(ratio)) > 1e-9:
@@ -111,6 +127,10 @@ class BandProjection(nn.Module):
         clip's valid tokens do not depend on the padding of the batch (nor on the sub-bands of the other clips)."""
         b, s, _, length = bands.shape
         k = self.num_bands
+        if self.sub_band_pooling == "fold" and band_index is not None and s != k:
+            bands, band_start_hz = fold_sub_bands(bands, band_start_hz, band_index, index_in_band, k)
+            band_index = index_in_band = None
+            s = k
         one_each = band_index is None or s == k  # S = K sub-bands of K bands: one each
         padded = not one_each and bool((band_index >= k).any())
         rows = (band_index < k).flatten().nonzero().flatten() if padded else None  # the real sub-bands
