@@ -102,12 +102,11 @@ class HeterodyneFrontend(Frontend):
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
         statistic = stats.evidence if use_evidence else stats.variance
-        width = torch.full_like(sample_rate, h.band_width_hz, dtype=torch.float32)  # (B,)
         with torch.autocast(device_type=wave.device.type, enabled=False):
             if self.picker is None:
-                band_start = uniform_starts(sample_rate, h.num_bands, width, h.band_min_hz)
+                band_start = uniform_starts(sample_rate, h.num_bands, h.band_width_hz, h.band_min_hz)
             else:
-                band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate, width)
+                band_start = self.picker(statistic, stats.mean_power, stats.freq_valid, sample_rate)
             mask = soft_or(cauchy_band_masks(stats.freqs_hz, band_start, h.band_width_hz, h.cauchy_width_hz))
         return self.with_context(band_start, sample_rate, stats, mask, statistic)
 
@@ -115,16 +114,15 @@ class HeterodyneFrontend(Frontend):
                      statistic: Tensor) -> BandAnalysis:
         """The analysis of K detail bands (B, K) with each clip's J context bands appended."""
         h = self.h
-        start, width = [detail_start_hz], [torch.full_like(detail_start_hz, h.band_width_hz)]
+        start, width, all_mask = detail_start_hz, torch.full_like(detail_start_hz, h.band_width_hz), mask
         if h.context_bands:
             w_ctx = clip_band_width(sample_rate, h.context_widths_hz, h.context_bands, h.band_min_hz)  # (B,)
-            start.append(uniform_starts(sample_rate, h.context_bands, w_ctx, h.band_min_hz))
-            width.append(w_ctx[:, None].expand(-1, h.context_bands))
-        all_mask = mask
-        if h.context_bands:
-            ctx = cauchy_band_masks(stats.freqs_hz, start[1], width[1], h.cauchy_width_hz)  # (B, J, G)
+            ctx_start = uniform_starts(sample_rate, h.context_bands, w_ctx, h.band_min_hz)  # (B, J)
+            ctx_width = w_ctx[:, None].expand(-1, h.context_bands)
+            ctx = cauchy_band_masks(stats.freqs_hz, ctx_start, ctx_width, h.cauchy_width_hz)  # (B, J, G)
             all_mask = 1.0 - (1.0 - mask) * torch.prod(1.0 - ctx, dim=1)
-        return BandAnalysis(torch.cat(start, 1), torch.cat(width, 1), stats, mask, statistic, all_mask, h.num_bands)
+            start, width = torch.cat([start, ctx_start], 1), torch.cat([width, ctx_width], 1)
+        return BandAnalysis(start, width, stats, mask, statistic, all_mask, h.num_bands)
 
     def coverage_losses(self, a: BandAnalysis) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         fv = a.stats.freq_valid

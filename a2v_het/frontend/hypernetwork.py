@@ -47,21 +47,18 @@ LOCAL_POWER_HZ = 1000.0
 """``local`` inputs: log mean power is read against its mean over +-this many Hz of valid bins."""
 
 
-def band_capture(values: Tensor, band_bins: int | Tensor) -> Tensor:
-    """(B, G) -> (B, G): sum of ``values`` over [g, g + band_bins] for every start bin g (box filter by cumsum).
-    ``band_bins``: one width in bins, or (B,) one per clip."""
+def band_capture(values: Tensor, band_bins: int) -> Tensor:
+    """(B, G) -> (B, G): sum of ``values`` over [g, g + band_bins] for every start bin g (box filter by cumsum)."""
     c = torch.nn.functional.pad(values.cumsum(-1), (1, 0))
     g = values.shape[-1]
-    bins = torch.as_tensor(band_bins, device=values.device).long().reshape(-1, 1)  # (1 or B, 1)
-    hi = (torch.arange(g, device=values.device)[None, :] + bins + 1).clamp(max=g)
-    return torch.gather(c, 1, hi.expand(values.shape[0], -1)) - c[:, :g]
+    hi = (torch.arange(g, device=values.device) + band_bins + 1).clamp(max=g)
+    return c[:, hi] - c[:, :g]
 
 
-def valid_starts(freqs_hz: Tensor, sample_rate: Tensor, band_min_hz: float, band_width_hz: float | Tensor) -> Tensor:
-    """(B, G) bool: f_min <= f <= nyquist - W for each clip (W one width, or (B,) one per clip)."""
+def valid_starts(freqs_hz: Tensor, sample_rate: Tensor, band_min_hz: float, band_width_hz: float) -> Tensor:
+    """(B, G) bool: f_min <= f <= nyquist - W for each clip."""
     nyq = sample_rate.float()[:, None] / 2
-    w = torch.as_tensor(band_width_hz, dtype=torch.float32, device=sample_rate.device).reshape(-1, 1)
-    return (freqs_hz[None, :] >= band_min_hz) & (freqs_hz[None, :] <= nyq - w + 1e-6)
+    return (freqs_hz[None, :] >= band_min_hz) & (freqs_hz[None, :] <= nyq - band_width_hz + 1e-6)
 
 
 class BandPicker(nn.Module):
@@ -69,6 +66,7 @@ class BandPicker(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.grid_hz = grid_hz
+        self.band_bins = int(round(cfg.band_width_hz / grid_hz))
         self.window_bins = max(1, int(round(cfg.picker_window_hz / grid_hz)))
         layers: list[nn.Module] = []
         # local inputs leave the Nyquist and valid-start masks out of the body (invalid starts are masked at the
@@ -126,8 +124,7 @@ class BandPicker(nn.Module):
         channels = [log_power, log_stat] + ([fv, sv] if self.feature_channels == N_FEATURES else [])
         return torch.stack(channels, dim=1), counted
 
-    def forward(self, statistic: Tensor, mean_power: Tensor, freq_valid: Tensor, sample_rate: Tensor,
-                band_width_hz: Tensor) -> Tensor:
+    def forward(self, statistic: Tensor, mean_power: Tensor, freq_valid: Tensor, sample_rate: Tensor) -> Tensor:
         """Pick the bands.
 
         Args:
@@ -135,20 +132,16 @@ class BandPicker(nn.Module):
             mean_power: (B, G) mean power per grid bin.
             freq_valid: (B, G) bool, bin at or below the clip's Nyquist.
             sample_rate: (B,) Hz.
-            band_width_hz: (B,) W of each clip's bands, Hz.
         Returns: (B, K) band starts in Hz inside [f_min, nyquist - W] of each clip.
         """
         cfg = self.cfg
         b, g = mean_power.shape
         freqs = torch.arange(g, device=mean_power.device, dtype=torch.float32) * self.grid_hz
-        width = band_width_hz.float().reshape(b, 1)
-        band_bins = torch.round(width[:, 0] / self.grid_hz).long()
-        start_valid = valid_starts(freqs, sample_rate, cfg.band_min_hz, width)
+        start_valid = valid_starts(freqs, sample_rate, cfg.band_min_hz, cfg.band_width_hz)
         if not start_valid.any(-1).all():
-            bad = ~start_valid.any(-1)
-            raise ValueError(f"sample rates {sample_rate[bad].tolist()} Hz are too low for one band of "
-                             f"{width[bad, 0].tolist()} Hz starting at >= {cfg.band_min_hz:g} Hz "
-                             f"(need >= {cfg.min_sample_rate:g} Hz)")
+            bad = sample_rate[~start_valid.any(-1)].tolist()
+            raise ValueError(f"sample rates {bad} Hz are too low for one band of {cfg.band_width_hz:g} Hz starting at "
+                             f">= {cfg.band_min_hz:g} Hz (need >= {cfg.min_sample_rate:g} Hz)")
         sv = start_valid.float()
         x, counted = self.features(statistic, mean_power, freq_valid, start_valid)
         h = self.body(x)  # (B, C, G)
@@ -191,14 +184,14 @@ class BandPicker(nn.Module):
             residual = counted + floor * freq_valid.float()
             uncovered = torch.ones_like(mean_power)
             for _ in range(cfg.num_bands):
-                log_capture = torch.log(band_capture(residual, band_bins) + 1e-6).mul_(sv)
+                log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6).mul_(sv)
                 covered = 1.0 - uncovered
                 peak = logits_of(h_head, log_capture, covered, start_valid).argmax(-1, keepdim=True)
                 win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
                 lc, cv = torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win)
                 logits = window_logits(win[:, None], lc[:, None], cv[:, None])[:, 0]
                 f_k = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)
-                keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], width, cfg.cauchy_width_hz)[:, 0]
+                keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
                 residual.mul_(keep)
                 uncovered.mul_(keep)
                 wins.append(win), captures.append(lc), covers.append(cv)
@@ -207,5 +200,5 @@ class BandPicker(nn.Module):
         f = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)  # (B, K) Hz
         # Guards against float round-off only; the convex combination already lies in the valid range.
         lo = torch.full_like(f, cfg.band_min_hz)
-        hi = (sample_rate.float()[:, None] / 2 - width).expand_as(f)
+        hi = (sample_rate.float()[:, None] / 2 - cfg.band_width_hz).expand_as(f)
         return torch.maximum(torch.minimum(f, hi), lo)
