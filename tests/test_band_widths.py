@@ -101,6 +101,49 @@ def test_a_narrow_band_at_the_band_rate_passes_only_its_width():
     assert spec[200] == pytest.approx(1.0, abs=0.02) and spec[800] < 1e-4
 
 
+
+def test_band_bins_reads_and_folds_every_band_as_a_bin_by_bin_reference():
+    """band_bins against a loop over bins: narrow bands inside the spectrum and hanging over 0 Hz or the Nyquist
+    bin, bands cut short, wide bands folded (bin start + j onto j mod m) inside and over both ends, in clips whose
+    wide bands start at the same bin (one strided sum) and at different bins."""
+    from a2v_het.frontend.heterodyne import band_bins
+
+    g = torch.Generator().manual_seed(0)
+    n_bins, m = 200, 16
+    spec = torch.complex(torch.randn(3, n_bins, generator=g), torch.randn(3, n_bins, generator=g))
+    start = torch.tensor([[5, -4, 190, 40, 100, -10], [7, 0, 195, 40, 30, 180], [60, 185, 3, 40, 100, 150]])
+    kept = torch.tensor([[16, 16, 16, 64, 40, 30], [9, 16, 16, 64, 40, 35], [0, 16, 16, 64, 41, 64]])
+
+    def reference(start, kept):
+        expected = torch.zeros(*start.shape, m, dtype=spec.dtype)
+        for c, k in np.ndindex(*start.shape):
+            for j in range(int(kept[c, k])):
+                pos = int(start[c, k]) + j
+                if 0 <= pos < n_bins:
+                    expected[c, k, j % m] += spec[c, pos]
+        return expected
+
+    torch.testing.assert_close(band_bins(spec, start, m, kept), reference(start, kept))
+    torch.testing.assert_close(band_bins(spec, start, m), reference(start, torch.full_like(start, m)))  # m each
+
+
+def test_a_folded_wide_band_is_the_sum_of_its_sub_bands_signals():
+    """A band of 3 x 2 kHz heterodyned as one folded band equals its three sub-bands heterodyned and summed, and
+    a band of 2 kHz passes unchanged beside it."""
+    sr, n = 48000, 48000
+    t = np.arange(n) / sr
+    x = torch.tensor(sum(np.sin(2 * np.pi * f * t) for f in (3300.0, 5100.0, 7900.0, 12000.0)),
+                     dtype=torch.float32)[None]
+    args = (x, torch.tensor([sr]), torch.tensor([n]))
+    folded = heterodyne_bands(*args, torch.tensor([[3000.0, 11000.0]]), 2000.0, 2000,
+                              pass_width_hz=torch.tensor([[6000.0, 2000.0]]), taper_s=0.005)
+    subs = heterodyne_bands(*args, torch.tensor([[3000.0, 5000.0, 7000.0, 11000.0]]), 2000.0, 2000, taper_s=0.005)
+    torch.testing.assert_close(folded[0, 0], subs[0, :3].sum(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(folded[0, 1], subs[0, 3], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="quadrature"):
+        heterodyne_bands(*args, torch.tensor([[3000.0]]), 2000.0, 2000, mixing="cosine",
+                         pass_width_hz=torch.tensor([[6000.0]]))
+
 def test_8_and_384_khz_clips_go_through_one_model_in_one_batch_with_the_same_token_count():
     fe = frontend()
     clips = [(8000, chirp_clip(8000, 2.0, 3500.0, 1500.0)), (384000, chirp_clip(384000, 2.0, 110000.0, 30000.0, 1)),

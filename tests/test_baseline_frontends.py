@@ -321,6 +321,25 @@ def test_bench_profiler_peak_counts_live_tensors():
     assert peak is not None and 8 * 2**20 <= peak < 9 * 2**20
 
 
+def test_bench_times_the_frontends_in_turn_and_drops_one_that_fails():
+    """Round-robin rounds, reversed every other round, after one warm-up of each; a failing step is reported and
+    the others still timed."""
+    from a2v_het.bench.frontend import time_steps_interleaved
+
+    calls = []
+
+    def failing():
+        calls.append("bad")
+        if calls.count("bad") > 1:  # fails on its first timed call, after the warm-up
+            raise RuntimeError("out of memory")
+
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "bad": failing}
+    times, errors = time_steps_interleaved(steps, torch.device("cpu"), repeats=3)
+    # warm-ups, round 1, round 2 (reversed, without the failed step), round 3
+    assert calls == ["a", "b", "bad", "a", "b", "bad", "b", "a", "a", "b"]
+    assert errors == {"bad": "RuntimeError: out of memory"} and set(times) == {"a", "b"}
+    assert [len(v) for v in times.values()] == [3, 3] and all(t >= 0 for v in times.values() for t in v)
+
 def test_bench_frontend_rows_and_reports():
     import argparse
     import json
@@ -339,7 +358,7 @@ def test_bench_frontend_rows_and_reports():
     assert rows[(8000, "conv")]["tokens_per_clip"] == conv_output_length(800, LAYERS)
     assert rows[(16000, "conv")]["tokens_per_clip"] == conv_output_length(1600, LAYERS)
     assert {rows[(sr, n)]["tokens_per_clip"] for sr in (8000, 16000) for n in ("logmel", "bare_logmel")} == {5}
-    assert all(r["peak_mem_mb"] > 0 and r["time_ms"] > 0 for r in rows.values())
+    assert all(r["peak_mem_mb"] > 0 and r["time_ms"] > 0 for r in rows.values()), [(k, r["peak_mem_mb"], r["time_ms"]) for k, r in rows.items()]
     assert all(r["ratio_to_heterodyne"] is None for r in rows.values())  # heterodyne not in this run
     assert result["machine"]["torch"] == torch.__version__ and result["machine"]["cpu_cores"] >= 1
     md = format_markdown(result)

@@ -10,8 +10,11 @@ frontend (default :class:`FrontendConfig`, D = 256, train mode):
 * ``bare_logmel``: :func:`bare_log_mel` on a leaf wave with ``requires_grad=True``, then ``.sum().backward()``:
   the floor cost of any STFT-based frontend.
 
-Time: one warm-up step, then the median wall time of ``--repeats`` steps (``torch.cuda.synchronize`` around each
-on GPU). Peak memory, measured in a separate step so the measurement does not perturb the timing:
+Time: one warm-up step of each, then ``--repeats`` rounds in which every frontend runs one step in turn (the order
+reversed every other round), and the median wall time of each (``torch.cuda.synchronize`` around each step on
+GPU). Interleaved, every frontend meets the same machine conditions, so the ratios hold on a shared machine whose
+speed drifts by tens of percent over seconds (measured on the CI VMs), where timing one frontend after another
+does not. Peak memory, measured in a separate step so the measurement does not perturb the timing:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step (activations, gradients and
   workspace of the caching allocator, excluding the model and the input that already existed).
@@ -134,6 +137,39 @@ def time_step(step: Callable[[], Any], device: torch.device, repeats: int, warmu
     return times
 
 
+def time_steps_interleaved(steps: dict[str, Callable[[], Any]], device: torch.device, repeats: int,
+                           warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Wall seconds of ``repeats`` calls of every step, taken round-robin (one call of each, in turn, reversed every
+    other round), after ``warmup`` untimed calls of each. On a shared machine whose speed drifts over seconds, every
+    step then sees the same conditions, so their ratios hold even when the absolute times do not.
+
+    Returns (times per name, error text per name): a step that raises is dropped from the rounds with its error."""
+    errors: dict[str, str] = {}
+    live = dict(steps)
+    for name, step in list(live.items()):
+        try:
+            for _ in range(warmup):
+                step()
+        except Exception as exc:  # e.g. CUDA OOM at 96 kHz: record it and go on
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            del live[name]
+    times: dict[str, list[float]] = {name: [] for name in live}
+    for i in range(repeats):
+        order = list(live.items()) if i % 2 == 0 else list(live.items())[::-1]
+        for name, step in order:
+            if name in errors:
+                continue
+            try:
+                _sync(device)
+                t0 = time.perf_counter()
+                step()
+                _sync(device)
+                times[name].append(time.perf_counter() - t0)
+            except Exception as exc:
+                errors[name] = f"{type(exc).__name__}: {exc}"
+    return {k: v for k, v in times.items() if k not in errors}, errors
+
+
 def peak_cpu_bytes_from_profiler(step: Callable[[], Any]) -> int | None:
     """Peak live tensor bytes allocated during one ``step`` on CPU: cumulative sum of the profiler's memory
     events (allocations positive, frees negative) in time order. None if this torch build exposes no events."""
@@ -165,13 +201,15 @@ def peak_cuda_bytes(step: Callable[[], Any], device: torch.device) -> int:
 def _module_step(fe: torch.nn.Module, wave: torch.Tensor, sr: torch.Tensor, lengths: torch.Tensor,
                  n_tokens: list[int]) -> Callable[[], None]:
     def step() -> None:
-        fe.zero_grad(set_to_none=True)  # fresh gradient buffers each step, as after optimizer.zero_grad()
         out = fe(wave, sr, lengths)
         loss = out.tokens.float().square().mean()
         for v in out.aux_losses.values():
             loss = loss + v.float()
         loss.backward()
         n_tokens[:] = [int(out.tokens.shape[1])]
+        # Fresh gradient buffers each step, as with optimizer.zero_grad(), freed inside the step: a step then starts
+        # with no tensor of an earlier one left to free (whose frees the memory profiler would count against it).
+        fe.zero_grad(set_to_none=True)
 
     return step
 
@@ -236,6 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sr = torch.full((batch,), rate, dtype=torch.long, device=device)
         lengths = torch.full((batch,), wave.shape[1], dtype=torch.long, device=device)
         rate_rows = []
+        steps: dict[str, Callable[[], None]] = {}
+        tokens: dict[str, list[int]] = {}
         for name in names:
             row: dict[str, Any] = {"sample_rate": rate, "frontend": name, "tokens_per_clip": None, "time_ms": None,
                                    "times_ms": [], "ratio_to_heterodyne": None, "peak_mem_mb": None,
@@ -243,29 +283,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rate_rows.append(row)
             if row["error"] is not None:
                 continue
-            n_tokens: list[int] = []
+            tokens[name] = []
             if name == "bare_logmel":
-                step = _bare_step(base_cfg, wave, sr, lengths, n_tokens)
+                steps[name] = _bare_step(base_cfg, wave, sr, lengths, tokens[name])
                 row["params"] = 0
             else:
                 fe = modules[name]
-                step = _module_step(fe, wave, sr, lengths, n_tokens)
+                steps[name] = _module_step(fe, wave, sr, lengths, tokens[name])
                 row["params"] = sum(p.numel() for p in fe.parameters())
+        # Every frontend's steps in turn: the ratios are taken under the same machine conditions.
+        times, errors = time_steps_interleaved(steps, device, repeats, warmup=1)
+        for row in rate_rows:
+            name = row["frontend"]
+            if name not in steps:
+                continue
+            if name in errors:
+                row["error"] = errors[name]
+                continue
             try:
-                times = time_step(step, device, repeats, warmup=1)
-                if device.type == "cuda":
-                    peak = peak_cuda_bytes(step, device)
-                else:
-                    peak = peak_cpu_bytes_from_profiler(step)
-            except Exception as exc:  # e.g. CUDA OOM at 96 kHz: record it and go on
+                peak = peak_cuda_bytes(steps[name], device) if device.type == "cuda" else \
+                    peak_cpu_bytes_from_profiler(steps[name])
+            except Exception as exc:
                 row["error"] = f"{type(exc).__name__}: {exc}"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            row["times_ms"] = [1e3 * t for t in times]
-            row["time_ms"] = 1e3 * statistics.median(times)
+            row["times_ms"] = [1e3 * t for t in times[name]]
+            row["time_ms"] = 1e3 * statistics.median(times[name])
             row["peak_mem_mb"] = None if peak is None else peak / 2**20
-            row["tokens_per_clip"] = n_tokens[0] if n_tokens else None
+            row["tokens_per_clip"] = tokens[name][0] if tokens[name] else None
         ref = next((r for r in rate_rows if r["frontend"] == REFERENCE and r["time_ms"]), None)
         for r in rate_rows:
             if ref is not None and r["time_ms"] is not None:

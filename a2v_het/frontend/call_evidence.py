@@ -45,40 +45,57 @@ def box_sum(x: Tensor, size: int, dim: int, step: int = 1) -> Tensor:
     ``step`` > 1 keeps every step-th output cell only (``box_sum(x, size, dim)[..., ::step]`` along ``dim``, without
     computing the others). Shifted slices added directly, not a cumsum difference: power spans 10 orders of
     magnitude within one clip (a loud call beside digital silence) and a cumsum difference would bury the quiet
-    cells in float round-off.
+    cells in float round-off. Each shift adds the cells it reaches into the output in place: no padded copy of x.
     """
     n, axis = x.shape[dim], dim % x.dim()
     n_out = (n + step - 1) // step
-
-    def cells(t: Tensor, shift: int) -> Tensor:  # t[..., shift : shift + n : step, ...] along the axis
-        index = [slice(None)] * t.dim()
-        index[axis] = slice(shift, shift + (n_out - 1) * step + 1, step)
-        return t[tuple(index)]
-
+    lead = (slice(None),) * axis
     if size == 1:
-        return cells(x, 0)
+        return x[lead + (slice(0, n, step),)]
     half = size // 2
-    padded = torch.nn.functional.pad(x, [0, 0] * (x.dim() - 1 - axis) + [half, half])
-    out = cells(padded, 0).clone()
-    for shift in range(1, size):
-        out += cells(padded, shift)
+    out = x.new_zeros(x.shape[:axis] + (n_out,) + x.shape[axis + 1:])
+    for shift in range(-half, half + 1):
+        # output cell i reads input cell i * step + shift, where 0 <= i * step + shift < n
+        first, last = max(0, -(shift // step)), min(n_out - 1, (n - 1 - shift) // step)
+        if last >= first:
+            src = x[lead + (slice(first * step + shift, last * step + shift + 1, step),)]
+            out[lead + (slice(first, last + 1),)] += src
     return out
+
+
+def window_counts(n: int, half: int, device: torch.device | None = None) -> Tensor:
+    """(n,) cells inside a centred window of +-half cells over n cells: 2 half + 1 except near the ends."""
+    i = torch.arange(n, device=device)
+    return (i.clamp(max=half) + (n - 1 - i).clamp(max=half) + 1).float()
 
 
 def local_mean(x: Tensor, half: int, dim: int = -2) -> Tensor:
     """Mean of ``x`` over the cells within +-half along ``dim`` that exist (a box filter by cumsum; ``x`` is a
-    level in nats, bounded, so the cumsum difference loses nothing that matters)."""
+    level in nats, bounded, so the cumsum difference loses nothing that matters). The window sums are differences
+    of slices of the cumsum, written straight into the output: two temporaries of x's size."""
     if half <= 0:
         return x
-    n = x.shape[dim]
-    c = torch.cumsum(x, dim=dim)
-    pad = [0, 0] * (x.dim() - 1 - (dim % x.dim())) + [1, 0]
-    c = torch.nn.functional.pad(c, pad)
+    axis = dim % x.dim()
+    n = x.shape[axis]
+    c = torch.cumsum(x, dim=axis)
+    out = torch.empty_like(x)
     idx = torch.arange(n, device=x.device)
-    lo, hi = (idx - half).clamp(min=0), (idx + half + 1).clamp(max=n)
+    hi, lo = (idx + half).clamp(max=n - 1), idx - half - 1  # window sum of cell i: c[hi] - c[lo] (c[-1] = 0)
+    a, b = half + 1, n - half  # cells [a, b) have both ends inside: one strided difference
+    if b > a:
+        torch.sub(c.narrow(axis, a + half, b - a), c.narrow(axis, 0, b - a), out=out.narrow(axis, a, b - a))
+    ends = torch.cat([idx[: min(a, n)], idx[max(b, a):]])
+    if ends.numel():
+        sums = c.index_select(axis, hi[ends])
+        inner = lo[ends] >= 0
+        if bool(inner.any()):
+            shape = [1] * x.dim()
+            shape[axis] = len(ends)
+            sums = sums - c.index_select(axis, lo[ends].clamp(min=0)) * inner.to(x.dtype).view(shape)
+        out.index_copy_(axis, ends, sums)
     shape = [1] * x.dim()
-    shape[dim % x.dim()] = n
-    return (c.index_select(dim, hi) - c.index_select(dim, lo)) / (hi - lo).to(x.dtype).view(shape)
+    shape[axis] = n
+    return out.div_(window_counts(n, half, x.device).to(x.dtype).view(shape))
 
 
 @torch.no_grad()
@@ -107,10 +124,19 @@ def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_f
     # separable box sums. The moving average makes neighbouring frames nearly equal, so the level is kept on every
     # other frame only (half the cost of everything after the time average).
     step = 2 if smooth_frames > 2 else 1
-    ones = torch.ones_like(power[:1, :, :1])
-    count = box_sum(valid, smooth_frames, -1, step) * box_sum(ones, smooth_bins, -2)
+    # The number of valid cells of a window is (valid frames of its time span) x (bins of its frequency span), so
+    # it is divided out as the time count times the full span, and only the edge bins (a shorter span) rescaled.
+    if all_valid:
+        frames_in = window_counts(power.shape[2], smooth_frames // 2, power.device)[::step].view(1, 1, -1)
+    else:
+        frames_in = box_sum(valid, smooth_frames, -1, step).clamp_(min=1.0)  # (b, 1, F / step)
     level = box_sum(box_sum(power, smooth_frames, -1, step), smooth_bins, -2)
-    level.div_(count.clamp(min=1.0))
+    bins_in = window_counts(level.shape[1], smooth_bins // 2, level.device)
+    edge = (bins_in < smooth_bins).nonzero().flatten()
+    edge_level = level[:, edge] / (frames_in * bins_in[edge][None, :, None]) if edge.numel() else None
+    level.div_(frames_in * float(smooth_bins))
+    if edge_level is not None:
+        level[:, edge] = edge_level
     valid = valid[..., ::step]
     peak = power.amax(dim=(1, 2), keepdim=True)
     floor = peak * 10.0 ** (-FLOOR_DB_BELOW_PEAK / 10) + torch.finfo(torch.float32).tiny

@@ -35,17 +35,17 @@ def edge_taper(lengths: Tensor, n_samples: int, taper_samples: int) -> Tensor:
     return ramp((n + 0.5) / taper_samples) * ramp((lens - n - 0.5) / taper_samples) * inside
 
 
-def apply_edge_taper(x: Tensor, lengths: Tensor, taper_samples: int) -> Tensor:
+def apply_edge_taper(x: Tensor, lengths: Tensor, taper_samples: int, inplace: bool = False) -> Tensor:
     """``x * edge_taper(lengths, x.shape[1], taper_samples)`` touching only the faded samples.
 
     x: (b, n) zero beyond each clip's length (the frontend's input contract). Clips shorter than two fades take the
-    full product formula.
+    full product formula. ``inplace``: fade ``x`` itself (a tensor of the caller's own, nothing differentiates it).
     """
     t = int(taper_samples)
     if t <= 0:
         return x
     short = lengths < 2 * t
-    out = x.clone()
+    out = x if inplace and not x.requires_grad else x.clone()
     if short.any():
         out[short] = x[short] * edge_taper(lengths[short], x.shape[1], t)
     rows = (~short).nonzero().flatten()
@@ -55,6 +55,88 @@ def apply_edge_taper(x: Tensor, lengths: Tensor, taper_samples: int) -> Tensor:
         out[rows, :t] = out[rows, :t] * ramp
         end = lengths[rows, None] - t + j  # the last t samples of each clip
         out[rows[:, None], end] = out[rows[:, None], end] * ramp.flip(0)
+    return out
+
+
+def _group_wave(wave: Tensor, idx: Tensor, n_fft: int) -> Tensor:
+    """(b, min(n_fft, T)) fp32 copy of the clips ``idx``: the edge taper then works on it in place."""
+    x = wave[:, : min(n_fft, wave.shape[1])]
+    whole = len(idx) == wave.shape[0] and bool((idx == torch.arange(len(idx), device=idx.device)).all())
+    x = x if whole else x.index_select(0, idx)  # index_select copies
+    if x.dtype != torch.float32:
+        return x.float()  # a copy
+    return x.clone() if whole else x
+
+
+def band_bins(spec: Tensor, start: Tensor, m: int, kept: Tensor | None = None) -> Tensor:
+    """The rfft bins of every band, each band's bins summed onto m bins when it is wider (folded).
+
+    Args:
+        spec: (b, n_bins) complex, one clip's rfft per row.
+        start: (b, K) long, each band's first bin (may lie below 0 or past the last bin: those bins read zero).
+        m: bins per band at the band rate (the band rate times the analysed seconds).
+        kept: (b, K) long, bins each band covers from its start (None: m each). Up to m: the bins from kept on are
+            zero. Above m: bin start + j of the band lands on output bin j mod m (the band's spectrum aliased onto
+            m bins).
+    Returns: (b, K, m) complex, a new tensor.
+
+    Narrow bands are read as one window each of a strided view of the spectrum, with no (b, K, m) index tensor
+    and no padded copy of the spectrum (a 500 kHz clip's is 6 MB). A wide band is summed from views of its
+    stretch of the spectrum: the bands of one width that start at the same bin in every clip of the group (the
+    context bands tile each clip the same way) take one sum over all of those rows at once.
+    """
+    b, n_bins = spec.shape
+    k = start.shape[1]
+    device = spec.device
+    kept = torch.full_like(start, m) if kept is None else kept
+    wide = kept > m  # (b, K)
+    rows = torch.arange(b, device=device)[:, None]
+    offsets = torch.arange(m, device=device)
+    if n_bins >= m:
+        bins = spec.unfold(1, m, 1)[rows, start.clamp(0, n_bins - m)]  # (b, K, m), exact where the band fits
+        edge = ~wide & ((start < 0) | (start + m > n_bins))
+    else:
+        bins = spec.new_zeros(b, k, m)
+        edge = ~wide
+    if bool(edge.any()):  # bands hanging over 0 Hz or the Nyquist bin: read bin by bin, zero outside
+        clip, band = edge.nonzero(as_tuple=True)
+        pos = start[clip, band][:, None] + offsets  # (E, m)
+        inside = (pos >= 0) & (pos < n_bins)
+        bins[clip, band] = spec[clip[:, None], pos.clamp(0, n_bins - 1)] * inside
+    short = ~wide & (kept < m)
+    if bool(short.any()):
+        bins = bins.masked_fill(short[..., None] & (offsets >= kept[..., None]), 0)
+    if bool(wide.any()):
+        clip, band = wide.nonzero(as_tuple=True)
+        keys = torch.stack([start[clip, band], kept[clip, band]], 1).tolist()
+        by_key: dict[tuple[int, int], list[int]] = {}
+        for i, key in enumerate(keys):
+            by_key.setdefault(tuple(key), []).append(i)
+        for (s, n_kept), entries in by_key.items():
+            e = torch.tensor(entries, device=device)
+            c = clip[e]
+            every_clip = len(entries) == b and bool((c == torch.arange(b, device=device)).all())
+            bins[c, band[e]] = fold_bins(spec if every_clip else spec[c], s, n_kept, m)
+    return bins
+
+
+def fold_bins(spec: Tensor, start: int, n_kept: int, m: int) -> Tensor:
+    """(P, n_bins) complex -> (P, m): sum over bins start .. start + n_kept - 1 (those inside the spectrum) of bin
+    start + j onto output bin j mod m, from views of the spectrum (no copy of the stretch)."""
+    n_bins = spec.shape[1]
+    lo, hi = max(start, 0), min(start + n_kept, n_bins)
+    out = spec.new_zeros(spec.shape[0], m)
+    j = lo - start  # output bin of spectrum bin lo, before the mod
+    while lo < hi:  # at most one partial window at each end; the whole windows in one strided sum
+        head = j % m
+        if head == 0 and hi - lo >= m:
+            whole = (hi - lo) // m
+            out += spec[:, lo: lo + whole * m].reshape(spec.shape[0], whole, m).sum(1)
+            lo, j = lo + whole * m, j + whole * m
+        else:
+            n = min(m - head, hi - lo)
+            out[:, head: head + n] += spec[:, lo: lo + n]
+            lo, j = lo + n, j + n
     return out
 
 
@@ -80,8 +162,11 @@ def heterodyne_bands(
         band_start_hz: (B, K) f_k in Hz; each band must satisfy f_k + W <= sample_rate / 2.
         band_width_hz: W in Hz, also the output rate (the band rate R).
         n_out: output samples per band; the clips are zero-padded to D' = n_out / W seconds.
-        pass_width_hz: (B, K) Hz <= W: band k keeps only [f_k, f_k + pass_width_hz] (a narrower band sampled at
-            the band rate; 0 gives an all-zero band). None: every band passes its whole W.
+        pass_width_hz: (B, K) Hz: band k covers [f_k, f_k + pass_width_hz] instead of [f_k, f_k + W]. Up to W: a
+            narrower band sampled at the band rate (0 gives an all-zero band). Above W (quadrature only): a wide
+            band folded onto the band rate, the sum of the signals of its ceil(width / W) adjacent sub-bands of W Hz
+            (its spectrum aliased onto W Hz, as decimating it without an anti-alias filter would), computed as one
+            inverse FFT of the summed bins. None: every band passes its whole W.
         mixing: "quadrature" (complex, default) or "cosine" (real, the seed's).
         taper_s: raised-cosine fade at both ends of each clip, seconds.
         straight_through: let gradients reach ``band_start_hz`` through d/df exp(-i 2 pi f t) (quadrature only);
@@ -98,6 +183,8 @@ def heterodyne_bands(
         raise ValueError(f"mixing must be 'quadrature' or 'cosine', got {mixing!r}")
     if straight_through and mixing != "quadrature":
         raise ValueError("straight_through gradients are only defined for quadrature mixing")
+    if pass_width_hz is not None and mixing != "quadrature" and bool((pass_width_hz > band_width_hz + 1e-3).any()):
+        raise ValueError("bands wider than the band rate (folded) are only defined for quadrature mixing")
     b_total, k_bands = band_start_hz.shape
     if out_lengths is None:
         out_lengths = torch.full((b_total,), n_out, dtype=torch.long, device=wave.device)
@@ -110,29 +197,17 @@ def heterodyne_bands(
         for sr, m_out in groups:
             idx = ((sample_rate == sr) & (out_lengths == m_out)).nonzero().flatten()
             n_fft = int(round(m_out / band_width_hz * sr))
-            x = wave[idx, : min(n_fft, wave.shape[1])].float()
-            if x.shape[1] < n_fft:
-                x = torch.nn.functional.pad(x, (0, n_fft - x.shape[1]))
-            x = apply_edge_taper(x, lengths[idx], int(round(taper_s * sr)))
-            spec = torch.fft.rfft(x)  # (b, n_fft//2 + 1), bins every sr / n_fft ~= 1 / D' Hz
+            x = _group_wave(wave, idx, n_fft)  # (b, <= n_fft) fp32, a tensor of its own
+            x = apply_edge_taper(x, lengths[idx], int(round(taper_s * sr)), inplace=True)
+            spec = torch.fft.rfft(x, n=n_fft)  # (b, n_fft//2 + 1), bins every sr / n_fft ~= 1 / D' Hz
             n_bins = spec.shape[1]
-            # One zero bin appended: indices past the Nyquist bin point there instead of wrapping.
-            spec = torch.cat([spec, spec.new_zeros(spec.shape[0], 1)], dim=1)
             start = torch.round(band_start_hz[idx].detach().float() * (n_fft / sr)).long()  # (b, K)
             scale = 2.0 * m_out / n_fft
             # Bins kept per band: offsets d < pass_width * D' (all m_out for a full band).
             kept = None if pass_width_hz is None else torch.round(
-                pass_width_hz[idx].double() * (m_out / band_width_hz)).long()[..., None]  # (b, K, 1)
+                pass_width_hz[idx].double() * (m_out / band_width_hz)).long()  # (b, K)
             if mixing == "quadrature":
-                # Each band's m_out bins are one window of the spectrum, zero-padded by m_out bins on both sides
-                # (bins below 0 Hz or past Nyquist read zeros, none wraps): a strided view picked per band, with
-                # no (b, K, m) index tensor (4 clips x 128 sub-bands at 500 kHz would make that 24 MB).
-                zeros = spec.new_zeros(spec.shape[0], m_out)
-                windows = torch.cat([zeros, spec[:, :n_bins], zeros], dim=1).unfold(1, m_out, 1)  # (b, n, m_out)
-                rows = torch.arange(len(idx), device=wave.device)[:, None]
-                bins = windows[rows, (start + m_out).clamp(0, windows.shape[1] - 1)]  # (b, K, m_out)
-                if kept is not None:
-                    bins = bins.masked_fill(torch.arange(m_out, device=wave.device) >= kept, 0)
+                bins = band_bins(spec, start, m_out, kept)  # (b, K, m_out)
                 # Scaled in place where nothing differentiates it, and [I, Q] copied once into ``out`` from a view:
                 # no extra (b, K, m) temporaries (each costs page faults on CPU).
                 z = torch.fft.ifft(bins, dim=-1)
@@ -143,6 +218,9 @@ def heterodyne_bands(
                     z = z * torch.polar(torch.ones_like(t), -2 * math.pi * delta[..., None] * t)
                 out[idx, :, :, :m_out] = torch.view_as_real(z).transpose(-1, -2)
             else:
+                # One zero bin appended: indices past the Nyquist bin point there instead of wrapping.
+                spec = torch.cat([spec, spec.new_zeros(spec.shape[0], 1)], dim=1)
+                kept = None if kept is None else kept[..., None]  # (b, K, 1)
                 d = torch.arange(m_out + 1, device=wave.device)
                 up = start[..., None] + d
                 up = torch.where(up < n_bins, up, torch.full_like(up, n_bins))

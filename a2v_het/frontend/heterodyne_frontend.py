@@ -157,15 +157,24 @@ class HeterodyneFrontend(Frontend):
         bands_used = a.band_start_hz if grad_to_bands else a.band_start_hz.detach()
         valid = valid_output_samples(lengths, sample_rate, self.cfg.token_rate)  # (B,) tokens inside each clip
         rate = self.h.band_width_hz
-        sub = split_sub_bands(bands_used, a.band_width_hz, rate)
-        full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
-        # Each clip is mixed down over its own whole-token span, so batching never changes its valid tokens.
-        bands = heterodyne_bands(wave, sample_rate, lengths, sub.start_hz, rate, n_out,
-                                 mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands,
-                                 out_lengths=valid * self.samples_per_token,
-                                 pass_width_hz=None if full else sub.width_hz)
+        mix = dict(mixing=self.h.mixing, taper_s=self.h.edge_taper_s, straight_through=grad_to_bands,
+                   out_lengths=valid * self.samples_per_token)  # each clip over its own whole-token span
+        if self.h.sub_band_pooling == "fold":
+            # A wide band arrives folded onto the band rate from the heterodyning itself: one inverse FFT per band.
+            full = bool((a.band_width_hz == rate).all())
+            bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, rate, n_out,
+                                     pass_width_hz=None if full else a.band_width_hz, **mix)
+            sub = None
+        else:
+            sub = split_sub_bands(bands_used, a.band_width_hz, rate)
+            full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
+            bands = heterodyne_bands(wave, sample_rate, lengths, sub.start_hz, rate, n_out,
+                                     pass_width_hz=None if full else sub.width_hz, **mix)
         bands = bands.to(wave.dtype) if wave.dtype != torch.float32 else bands
-        tokens = self.projection(bands, sub.start_hz, valid, sub.band_index, sub.index_in_band)
+        if sub is None:
+            tokens = self.projection(bands, bands_used, valid)
+        else:
+            tokens = self.projection(bands, sub.start_hz, valid, sub.band_index, sub.index_in_band)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
         return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats,
                               band_width_hz=a.band_width_hz)

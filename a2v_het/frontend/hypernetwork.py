@@ -186,10 +186,13 @@ class BandPicker(nn.Module):
             for _ in range(cfg.num_bands):
                 log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6).mul_(sv)
                 covered = 1.0 - uncovered
-                peak = logits_of(h_head, log_capture, covered, start_valid).argmax(-1, keepdim=True)
+                grid_logits = logits_of(h_head, log_capture, covered, start_valid)  # (B, G)
+                peak = grid_logits.argmax(-1, keepdim=True)
                 win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
                 lc, cv = torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win)
-                logits = window_logits(win[:, None], lc[:, None], cv[:, None])[:, 0]
+                # The window's logits are the grid's (the differentiable pass below recomputes them from the
+                # window alone); the padding reads -inf, as an invalid start does.
+                logits = torch.gather(pad(grid_logits, float("-inf")), 1, win)
                 f_k = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)
                 keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
                 residual.mul_(keep)
