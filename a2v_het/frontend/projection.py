@@ -67,11 +67,13 @@ class SameStrideConv(nn.Module):
         super().__init__()
         self.stride = stride
         self.kernel = 2 * stride
-        self.conv = nn.Conv1d(ch_in, ch_out, self.kernel, stride=stride)
+        extra = self.kernel - self.stride
+        # An even stride pads both sides alike: the conv pads by itself (no padded copy of x, forward or backward).
+        self.pad = None if extra % 2 == 0 else (extra // 2, extra - extra // 2)
+        self.conv = nn.Conv1d(ch_in, ch_out, self.kernel, stride=stride, padding=extra // 2 if self.pad is None else 0)
 
     def forward(self, x: Tensor) -> Tensor:
-        extra = self.kernel - self.stride
-        return self.conv(nn.functional.pad(x, (extra // 2, extra - extra // 2)))
+        return self.conv(x if self.pad is None else nn.functional.pad(x, self.pad))
 
 
 class MaskedInstanceNorm(nn.Module):
