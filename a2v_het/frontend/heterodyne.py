@@ -189,13 +189,17 @@ def heterodyne_bands(
     if out_lengths is None:
         out_lengths = torch.full((b_total,), n_out, dtype=torch.long, device=wave.device)
     out_lengths = out_lengths.long().clamp(1, n_out)
-    out = wave.new_zeros(b_total, k_bands, 2, n_out, dtype=torch.float32)
+    # Every clip belongs to one group below, which writes its first m_out samples; only the tails past them are
+    # zeroed (a zero fill of the whole output is a pass over fresh pages).
+    out = wave.new_empty(b_total, k_bands, 2, n_out, dtype=torch.float32)
     with torch.autocast(device_type=wave.device.type, enabled=False):
         groups = torch.stack([sample_rate.long(), out_lengths], dim=1).unique(dim=0).tolist()
         # One FFT per group, not per CPU chunk: a long FFT's setup costs more than the page faults chunking saves
         # (an rfft of 144000 points: 1.2 ms for four clips at once, 6.9 ms one clip at a time, measured).
         for sr, m_out in groups:
             idx = ((sample_rate == sr) & (out_lengths == m_out)).nonzero().flatten()
+            if m_out < n_out:
+                out[idx, :, :, m_out:] = 0.0
             n_fft = int(round(m_out / band_width_hz * sr))
             x = _group_wave(wave, idx, n_fft)  # (b, <= n_fft) fp32, a tensor of its own
             x = apply_edge_taper(x, lengths[idx], int(round(taper_s * sr)), inplace=True)
