@@ -130,7 +130,14 @@ def call_evidence(power: Tensor, frame_valid: Tensor, smooth_bins: int, smooth_f
         frames_in = window_counts(power.shape[2], smooth_frames // 2, power.device)[::step].view(1, 1, -1)
     else:
         frames_in = box_sum(valid, smooth_frames, -1, step).clamp_(min=1.0)  # (b, 1, F / step)
-    level = box_sum(box_sum(power, smooth_frames, -1, step), smooth_bins, -2)
+    # The STFT hands its power over frames-major in memory (a transposed (b, F, n_bins) buffer): the box sums then
+    # run on that layout, so every shifted slice is whole rows of bins, contiguous, as the vector units want
+    # (along strided frames the adds took 11 % of a 192 kHz step's instructions, callgrind). Same sums either way.
+    frames_major = power.stride(1) == 1 and power.stride(2) != 1
+    if frames_major:
+        level = box_sum(box_sum(power.transpose(1, 2), smooth_frames, 1, step), smooth_bins, 2).transpose(1, 2)
+    else:
+        level = box_sum(box_sum(power, smooth_frames, -1, step), smooth_bins, -2)
     bins_in = window_counts(level.shape[1], smooth_bins // 2, level.device)
     edge = (bins_in < smooth_bins).nonzero().flatten()
     edge_level = level[:, edge] / (frames_in * bins_in[edge][None, :, None]) if edge.numel() else None
