@@ -13,8 +13,9 @@ frontend (default :class:`FrontendConfig`, D = 256, train mode):
 Time: one warm-up step of each, then ``--repeats`` rounds in which every frontend runs one step in turn (the order
 reversed every other round), and the median wall time of each (``torch.cuda.synchronize`` around each step on
 GPU). Interleaved, every frontend meets the same machine conditions, so the ratios hold on a shared machine whose
-speed drifts by tens of percent over seconds (measured on the CI VMs), where timing one frontend after another
-does not. Peak memory, measured in a separate step so the measurement does not perturb the timing:
+speed drifts by up to 2-3x over seconds (measured on this project's 2-core VMs), where timing one frontend after
+another does not. The price: no frontend keeps the warm memory of its own previous step (on CPU the bare log-mel
+measured 10-40 % slower this way than back to back; BENCHMARKS.md reports both). Peak memory, measured in a separate step so the measurement does not perturb the timing:
 
 * CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the step (activations, gradients and
   workspace of the caching allocator, excluding the model and the input that already existed).
