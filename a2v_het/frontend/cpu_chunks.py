@@ -11,6 +11,7 @@ are not chunked: their setup costs more per call than the faults (see :mod:`a2v_
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 CPU_CHUNK_SAMPLES = 1 << 20
@@ -26,3 +27,11 @@ def clip_chunks(idx: Tensor, samples_per_clip: int) -> list[Tensor]:
         return [idx]
     per_chunk = max(1, CPU_CHUNK_SAMPLES // max(1, samples_per_clip))
     return list(idx.split(per_chunk))
+
+
+def consecutive_run(idx: Tensor) -> slice | None:
+    """``idx`` (n,) clip indices -> the slice they form when consecutive and ascending (every CPU chunk of
+    :func:`clip_chunks`, every single-rate batch), else None: rows read through the slice are a view, not a copy."""
+    first, n = int(idx[0]), len(idx)
+    run = torch.arange(first, first + n, device=idx.device)
+    return slice(first, first + n) if bool((idx == run).all()) else None

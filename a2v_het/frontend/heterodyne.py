@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from a2v_het.frontend.cpu_chunks import consecutive_run
+
 
 def edge_taper(lengths: Tensor, n_samples: int, taper_samples: int) -> Tensor:
     """(b, n_samples) raised-cosine fade-in at 0 and fade-out at each clip's end, zero beyond the end."""
@@ -60,12 +62,11 @@ def apply_edge_taper(x: Tensor, lengths: Tensor, taper_samples: int, inplace: bo
 
 def _group_wave(wave: Tensor, idx: Tensor, n_fft: int) -> Tensor:
     """(b, min(n_fft, T)) fp32 copy of the clips ``idx``: the edge taper then works on it in place."""
-    x = wave[:, : min(n_fft, wave.shape[1])]
-    whole = len(idx) == wave.shape[0] and bool((idx == torch.arange(len(idx), device=idx.device)).all())
-    x = x if whole else x.index_select(0, idx)  # index_select copies
+    run = consecutive_run(idx)
+    x = (wave[run] if run is not None else wave[idx])[:, : min(n_fft, wave.shape[1])]  # wave[idx] copies
     if x.dtype != torch.float32:
         return x.float()  # a copy
-    return x.clone() if whole else x
+    return x.clone() if run is not None else x
 
 
 def band_bins(spec: Tensor, start: Tensor, m: int, kept: Tensor | None = None) -> Tensor:

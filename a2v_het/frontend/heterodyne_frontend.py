@@ -164,17 +164,15 @@ class HeterodyneFrontend(Frontend):
             full = bool((a.band_width_hz == rate).all())
             bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, rate, n_out,
                                      pass_width_hz=None if full else a.band_width_hz, **mix)
-            sub = None
+            placement = (bands_used, valid)
         else:
             sub = split_sub_bands(bands_used, a.band_width_hz, rate)
             full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
             bands = heterodyne_bands(wave, sample_rate, lengths, sub.start_hz, rate, n_out,
                                      pass_width_hz=None if full else sub.width_hz, **mix)
+            placement = (sub.start_hz, valid, sub.band_index, sub.index_in_band)
         bands = bands.to(wave.dtype) if wave.dtype != torch.float32 else bands
-        if sub is None:
-            tokens = self.projection(bands, bands_used, valid)
-        else:
-            tokens = self.projection(bands, sub.start_hz, valid, sub.band_index, sub.index_in_band)
+        tokens = self.projection(bands, *placement)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
         return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats,
                               band_width_hz=a.band_width_hz)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from a2v_het.frontend.call_evidence import call_evidence, odd_cells
-from a2v_het.frontend.cpu_chunks import clip_chunks
+from a2v_het.frontend.cpu_chunks import clip_chunks, consecutive_run
 
 
 @dataclass
@@ -110,11 +110,9 @@ def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: f
     hop = max(1, int(round(hop_s * sr)))
     lens = lengths[idx]
     t_max = max(int(lens.max().item()), n_fft)
-    first, n = int(idx[0]), len(idx)
-    consecutive = bool((idx == torch.arange(first, first + n, device=idx.device)).all())
-    # A run of consecutive clips (every CPU chunk, every single-rate batch) is read as a view: the framing below
-    # copies it anyway, once.
-    rows = wave[first: first + n] if consecutive else wave[idx]
+    # A run of consecutive clips is read as a view: the framing below copies it anyway, once.
+    run = consecutive_run(idx)
+    rows = wave[run] if run is not None else wave[idx]
     x = rows[:, : min(t_max, wave.shape[1])].float()
     if x.shape[1] < t_max:
         x = torch.nn.functional.pad(x, (0, t_max - x.shape[1]))
