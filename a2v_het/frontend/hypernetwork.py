@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from a2v_het.frontend.band_masks import cauchy_band_masks
 from a2v_het.frontend.call_evidence import local_mean
 from a2v_het.frontend.coverage_losses import variance_distribution
+from a2v_het.frontend.dilated_conv import dilated_conv
 from a2v_het.frontend.config import HeterodyneConfig
 
 N_FEATURES = 4  # log power, log statistic, Nyquist mask, valid-start mask
@@ -76,8 +77,7 @@ class BandPicker(nn.Module):
         ch_in = self.feature_channels
         for i in range(cfg.picker_layers):
             dil = 2**i
-            layers += [nn.Conv1d(ch_in, cfg.picker_channels, cfg.picker_kernel, padding=dil * (cfg.picker_kernel // 2),
-                                 dilation=dil), nn.GELU()]
+            layers += [dilated_conv(ch_in, cfg.picker_channels, cfg.picker_kernel, dil), nn.GELU()]
             ch_in = cfg.picker_channels
         self.body = nn.Sequential(*layers)
         # Bins on each side that one grid bin's body output depends on.
@@ -147,8 +147,7 @@ class BandPicker(nn.Module):
         h = self.body(x)  # (B, C, G)
 
         h_head = self.head_body(h)  # (B, C, G), the band-independent part of the head's first layer
-        w_out, b_out = self.head_out.weight[0, :, 0], self.head_out.bias[0]
-        e_capture, e_covered = self.head_evidence[:, 0, None], self.head_evidence[:, 1, None]  # (C, 1)
+        w_out, b_out = self.head_out.weight[:, :, 0], self.head_out.bias[0]  # (1, C), ()
         gain = nn.functional.softplus(self.capture_gain)
         w = self.window_bins
         # Grid padded by the window on both sides (invalid there), so every window is in range without clamping.
@@ -157,9 +156,18 @@ class BandPicker(nn.Module):
         offsets = torch.arange(2 * w + 1, device=mean_power.device)
 
         def logits_of(h_part: Tensor, log_capture: Tensor, covered: Tensor, valid: Tensor) -> Tensor:
-            """h_part (..., C, n), log_capture / covered / valid (..., n) -> logits (..., n)."""
-            z = h_part + e_capture * log_capture[..., None, :] + e_covered * covered[..., None, :]
-            logits = torch.einsum("c,...cn->...n", w_out, nn.functional.gelu(z)) + b_out + gain * log_capture
+            """h_part (..., C, n), log_capture / covered / valid (..., n) -> logits (..., n).
+
+            z = h_part + head_evidence @ [log_capture; covered] and w_out @ gelu(z) as two batched matrix products
+            that add into their first argument: the greedy loop runs this on the whole grid once per band, and
+            written elementwise it was six passes over (B, C, G) instead of three (2.1x the time, 192 kHz)."""
+            c, n = h_part.shape[-2:]
+            lead = h_part.shape[:-2]
+            evidence = torch.stack([log_capture, covered], dim=-2).reshape(-1, 2, n)  # (b, 2, n)
+            rows = evidence.shape[0]
+            z = torch.baddbmm(h_part.reshape(rows, c, n), self.head_evidence.expand(rows, -1, -1), evidence)
+            skip = (gain * log_capture + b_out).reshape(rows, 1, n)
+            logits = torch.baddbmm(skip, w_out.expand(rows, -1, -1), nn.functional.gelu(z)).view(lead + (n,))
             return logits.masked_fill(~valid, float("-inf"))
 
         def window_logits(win: Tensor, log_capture: Tensor, covered: Tensor) -> Tensor:
@@ -179,17 +187,19 @@ class BandPicker(nn.Module):
         # over the spectrum not yet covered instead of stacking on one start (ties of an all-zero residual), so no
         # band is wasted. It is far below any call (a call bin holds >= 1e-2 nats).
         floor = EVIDENCE_FLOOR if self.level_free else EVIDENCE_FLOOR_P
-        wins, captures, covers = [], [], []
+        wins = []
         with torch.no_grad():
             residual = counted + floor * freq_valid.float()
             uncovered = torch.ones_like(mean_power)
-            for _ in range(cfg.num_bands):
+            # Each band's evidence on the padded grid, gathered at its window once after the loop.
+            captures, covers = (mean_power.new_zeros(b, cfg.num_bands, g + 2 * w) for _ in range(2))
+            for k in range(cfg.num_bands):
                 log_capture = torch.log(band_capture(residual, self.band_bins) + 1e-6).mul_(sv)
                 covered = 1.0 - uncovered
+                captures[:, k, w: w + g], covers[:, k, w: w + g] = log_capture, covered
                 grid_logits = logits_of(h_head, log_capture, covered, start_valid)  # (B, G)
                 peak = grid_logits.argmax(-1, keepdim=True)
                 win = peak + offsets  # (B, 2w+1) indices into the padded grid, centred on the arg-max
-                lc, cv = torch.gather(pad(log_capture), 1, win), torch.gather(pad(covered), 1, win)
                 # The window's logits are the grid's (the differentiable pass below recomputes them from the
                 # window alone); the padding reads -inf, as an invalid start does.
                 logits = torch.gather(pad(grid_logits, float("-inf")), 1, win)
@@ -197,9 +207,10 @@ class BandPicker(nn.Module):
                 keep = 1.0 - cauchy_band_masks(freqs, f_k[:, None], cfg.band_width_hz, cfg.cauchy_width_hz)[:, 0]
                 residual.mul_(keep)
                 uncovered.mul_(keep)
-                wins.append(win), captures.append(lc), covers.append(cv)
-        win = torch.stack(wins, dim=1)  # (B, K, 2w+1)
-        logits = window_logits(win, torch.stack(captures, dim=1), torch.stack(covers, dim=1))
+                wins.append(win)
+            win = torch.stack(wins, dim=1)  # (B, K, 2w+1)
+            captures, covers = torch.gather(captures, 2, win), torch.gather(covers, 2, win)
+        logits = window_logits(win, captures, covers)
         f = (torch.softmax(logits, dim=-1) * freqs_padded[win]).sum(-1)  # (B, K) Hz
         # Guards against float round-off only; the convex combination already lies in the valid range.
         lo = torch.full_like(f, cfg.band_min_hz)

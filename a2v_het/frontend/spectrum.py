@@ -119,13 +119,16 @@ def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: f
     window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
     # Frames as a strided view times the window, then one batched rfft: the same transform as torch.stft(center=
     # False), 1.5x faster on CPU at 500 kHz (measured), where torch.stft's framing dominates.
-    spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window, dim=-1).transpose(1, 2)  # (b, n_fft//2 + 1, F)
-    # |X|^2 from the real and imaginary parts (5x faster than view_as_real), in place where nothing differentiates
-    # it: every fresh multi-MB temporary costs page faults.
-    if spec.requires_grad:
-        power = (spec.real.square() + spec.imag.square()) / window.sum().square()
-    else:
-        power = spec.real.square().addcmul_(spec.imag, spec.imag).div_(window.sum().square())
+    spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window, dim=-1)  # (b, F, n_fft//2 + 1)
+    # |X|^2: the (real, imaginary) pairs squared where they lie, contiguous (in place where nothing differentiates
+    # them: every fresh multi-MB temporary costs page faults), then the two halves added. Through spec.real and
+    # spec.imag in the transposed bins-by-frames order the same sums took 2.5x the instructions (callgrind, 500 kHz:
+    # a sixth of the STFT), and .sum(-1) over the pairs 9x.
+    pairs = torch.view_as_real(spec)
+    squares = pairs.square() if pairs.requires_grad else pairs.square_()
+    power = squares[..., 0] + squares[..., 1]
+    power = power / window.sum().square() if power.requires_grad else power.div_(window.sum().square())
+    power = power.transpose(1, 2)  # (b, n_fft//2 + 1, F), frames-major in memory
     starts = torch.arange(power.shape[2], device=device) * hop
     frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
     return idx, power, frame_valid, int(sr), n_fft
