@@ -23,7 +23,8 @@ def test_matches_conv1d_forward_and_backward_in_float64(batch, c_in, c_out, bins
     assert y.shape == ref.shape == (batch, c_out, bins)
     torch.testing.assert_close(y, ref, rtol=0, atol=1e-12)
     dy = torch.randn_like(ref)
-    for got, want in zip(torch.autograd.grad(y, (x, weight, bias), dy), torch.autograd.grad(ref, (x, weight, bias), dy)):
+    inputs = (x, weight, bias)
+    for got, want in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(ref, inputs, dy)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-11)
 
 

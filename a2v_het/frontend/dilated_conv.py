@@ -18,9 +18,8 @@ Here the taps are multiplied first and shifted afterwards, which is the same sum
 
 The multiply-adds are the conv's own; what goes is the K-fold copy. The GEMMs are ``bmm`` over the batch with the
 weights expanded (a view): ``matmul`` of a matrix and a 3-D tensor copies the tensor into one tall matrix first and
-measured 8x slower. Results equal ``torch.nn.functional.conv1d``
-to float round-off (tested, forward and backward). Off the CPU the module calls ``conv1d``: cuDNN has its own
-dilated kernels.
+measured 8x slower. Results equal ``torch.nn.functional.conv1d`` to float round-off (tested, forward and backward).
+Off the CPU the module calls ``conv1d``: cuDNN has its own dilated kernels.
 """
 
 from __future__ import annotations
@@ -33,9 +32,14 @@ def _tap_shifts(kernel: int, dilation: int) -> list[int]:
     return [(k - kernel // 2) * dilation for k in range(kernel)]
 
 
-def _add_shifted(out: Tensor, taps: Tensor, shifts: list[int], sign: int) -> Tensor:
-    """out (B, C, G) += taps[:, k] (B, C, G) read at g + sign * s_k, for every tap k but the centre (s_k = 0)."""
-    g = out.shape[-1]
+def _taps_then_shift(stacked: Tensor, x: Tensor, shifts: list[int], sign: int) -> Tensor:
+    """sum_k (W_k x)[:, g + sign * s_k]: one GEMM of all taps, then the taps added shifted (zero past the ends).
+
+    stacked: (K * C_out, C_in) the taps' matrices W_k one under the other; x: (B, C_in, G) -> (B, C_out, G).
+    """
+    b, g, kernel = x.shape[0], x.shape[-1], len(shifts)
+    taps = torch.bmm(stacked.expand(b, -1, -1), x).view(b, kernel, -1, g)  # (B, K, C_out, G)
+    out = taps[:, kernel // 2].clone()  # the centre tap, s = 0
     for k, s in enumerate(shifts):
         s *= sign
         if s == 0 or abs(s) >= g:
@@ -51,15 +55,12 @@ class _DilatedConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int) -> Tensor:
         c_out, c_in, kernel = weight.shape
-        shifts = _tap_shifts(kernel, dilation)
         stacked = weight.permute(2, 0, 1).reshape(kernel * c_out, c_in)  # rows: tap-major, then output channel
-        taps = torch.bmm(stacked.expand(x.shape[0], -1, -1), x).view(x.shape[0], kernel, c_out, x.shape[-1])  # (B, K, C_out, G)
-        y = taps[:, kernel // 2].clone()
-        _add_shifted(y, taps, shifts, +1)
+        y = _taps_then_shift(stacked, x, _tap_shifts(kernel, dilation), +1)
         if bias is not None:
             y += bias[:, None]
         ctx.save_for_backward(x, weight)
-        ctx.dilation, ctx.has_bias = dilation, bias is not None
+        ctx.dilation = dilation
         return y
 
     @staticmethod
@@ -72,9 +73,7 @@ class _DilatedConv1dFn(torch.autograd.Function):
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             stacked_t = weight.permute(2, 1, 0).reshape(kernel * c_in, c_out)  # rows: tap-major, then input channel
-            taps = torch.bmm(stacked_t.expand(dy.shape[0], -1, -1), dy).view(dy.shape[0], kernel, c_in, g)  # (B, K, C_in, G)
-            dx = taps[:, kernel // 2].clone()
-            _add_shifted(dx, taps, shifts, -1)
+            dx = _taps_then_shift(stacked_t, dy, shifts, -1)
         if ctx.needs_input_grad[1]:
             dw = weight.new_zeros(kernel, c_out, c_in)
             for k, s in enumerate(shifts):
@@ -83,7 +82,7 @@ class _DilatedConv1dFn(torch.autograd.Function):
                 lo, hi = max(0, -s), g - max(0, s)  # output bins whose input bin g + s exists
                 dw[k] = torch.matmul(dy[..., lo:hi], x[..., lo + s: hi + s].transpose(1, 2)).sum(0)
             dw = dw.permute(1, 2, 0).contiguous()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:  # False when there is no bias
             db = dy.sum((0, 2))
         return dx, dw, db, None
 
