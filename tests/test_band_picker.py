@@ -16,6 +16,9 @@ from a2v_het.frontend.band_selectors import (
     random_starts,
     uniform_starts,
 )
+from a2v_het.frontend import hypernetwork
+from a2v_het.frontend.config import HeterodyneConfig
+from a2v_het.frontend.hypernetwork import BandPicker, band_capture
 from a2v_het.frontend.spectrum import grid_power_spectrogram
 from a2v_het.train.objective import CoverageObjective
 from data_tools.synth import make_clip
@@ -124,3 +127,44 @@ def test_spectral_flux_and_entropy_selectors():
     assert not ((en[1] <= 4000.0) & (en[1] + 2000.0 >= 4000.0)).any()
     many = flux_starts(spec.power, spec.frame_valid, spec.freqs_hz, rates, 8, 2000.0, 50.0)
     assert (many[0].sort().values.diff() >= 2000.0).all()  # no overlaps while non-overlapping candidates remain
+
+
+@pytest.mark.parametrize("g,band_bins", [(1, 0), (5, 0), (5, 4), (5, 9), (40, 39), (100, 40)])
+def test_band_capture_sums_each_start_window(g, band_bins):
+    values = torch.rand(2, g, generator=torch.Generator().manual_seed(g), dtype=torch.float64)
+    expected = torch.stack([values[:, i: i + band_bins + 1].sum(-1) for i in range(g)], dim=1)
+    torch.testing.assert_close(band_capture(values, band_bins), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_body_differentiated_on_the_windows_alone_gives_the_grid_pass_bands_and_gradients(monkeypatch):
+    """BandPicker.body_on_windows: the same bands and parameter gradients (float64, to round-off) as differentiating
+    the body on the whole grid, for clips whose windows touch the grid's ends and a clip whose bands crowd."""
+    torch.manual_seed(0)
+    picker = BandPicker(HeterodyneConfig(), 50.0).double()
+    for p in picker.parameters():  # away from the greedy start, so the head and body matter
+        p.data.normal_(0.0, 0.3)
+    g = 5000
+    sample_rate = torch.tensor([500000, 384000, 16000])
+    freqs = torch.arange(g, dtype=torch.float64) * 50.0
+    freq_valid = freqs[None] <= sample_rate[:, None] / 2
+    gen = torch.Generator().manual_seed(1)
+    statistic = torch.rand(3, g, generator=gen, dtype=torch.float64) * freq_valid
+    statistic[0, :60] += 5.0  # calls at the grid's lowest valid starts and at the top of the 500 kHz clip
+    statistic[0, -60:] += 5.0
+    mean_power = torch.rand(3, g, generator=gen, dtype=torch.float64) * freq_valid + 1e-3
+
+    def bands_and_grads(fraction):
+        monkeypatch.setattr(hypernetwork, "CROP_FRACTION", fraction)
+        picker.zero_grad()
+        f = picker(statistic, mean_power, freq_valid, sample_rate)
+        (f * torch.arange(1.0, f.shape[1] + 1, dtype=f.dtype)).sum().backward()
+        return f.detach(), {n: p.grad.clone() for n, p in picker.named_parameters()}
+
+    f_grid, grad_grid = bands_and_grads(0.0)
+    f_win, grad_win = bands_and_grads(1.0)
+    torch.testing.assert_close(f_win, f_grid, rtol=0, atol=1e-9)
+    scale = max(float(grad.abs().max()) for grad in grad_grid.values())
+    for name, grad in grad_grid.items():
+        # head_out.bias shifts every logit of a window alike: the softmax ignores it, its gradient is round-off
+        assert name == "head_out.bias" or grad.abs().max() > 1e-6 * scale, name
+        torch.testing.assert_close(grad_win[name], grad, rtol=1e-9, atol=1e-12 * scale, msg=name)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.signal import resample_poly
 
-from a2v_het.frontend.call_evidence import box_sum, call_evidence, odd_cells
+from a2v_het.frontend.call_evidence import box_sum, call_evidence, lower_median, odd_cells
 from a2v_het.frontend.spectrum import grid_power_statistics
 
 WINDOW_S, HOP_S = 0.02, 0.01
@@ -47,6 +47,20 @@ def test_box_sum_matches_numpy_and_its_step_keeps_every_step_th_cell(size, step,
     ref = sum(np.take(padded, np.arange(s, s + x.shape[dim]), axis=axis) for s in range(size))
     ref = np.take(ref, np.arange(0, x.shape[dim], step), axis=axis)
     np.testing.assert_allclose(box_sum(x, size, dim, step).numpy(), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 38])
+def test_lower_median_is_torch_median_and_nanmedian_exactly(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, 50, n, generator=g).round(decimals=1)  # ties
+    frames_major = x.transpose(1, 2).contiguous().transpose(1, 2)  # the layout call_evidence hands it
+    assert torch.equal(lower_median(frames_major), x.median(dim=-1).values)
+    valid = torch.rand(3, 50, n, generator=g) > 0.3
+    valid[0, :5] = False  # rows without a valid value give 0
+    expected = torch.nan_to_num(x.masked_fill(~valid, float("nan")).nanmedian(dim=-1).values, nan=0.0)
+    got = lower_median(x, valid)
+    assert torch.equal(got, expected) and got.dtype == x.dtype
+    assert torch.equal(got[0, :5], torch.zeros(5))
 
 
 def test_odd_cells():
