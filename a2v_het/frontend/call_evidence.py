@@ -119,8 +119,8 @@ def lower_median(x: Tensor, valid: Tensor | None = None) -> Tensor:
     if valid is None:
         k = (a.shape[-1] - 1) // 2
         return torch.from_numpy(np.partition(a, k, axis=-1)[..., k].copy())
-    a = np.where(valid.cpu().numpy(), a, np.nan)  # NaN sorts last
-    count = valid.sum(-1).cpu().numpy()
+    a = np.where(valid.numpy(), a, np.nan)  # NaN sorts last
+    count = valid.sum(-1).numpy()
     k = np.maximum(count - 1, 0) // 2
     picked = np.take_along_axis(np.sort(a, axis=-1), k[..., None], axis=-1)[..., 0]
     return torch.from_numpy(np.where(count > 0, picked, 0).astype(a.dtype))

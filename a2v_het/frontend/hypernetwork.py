@@ -61,13 +61,9 @@ def band_capture(values: Tensor, band_bins: int) -> Tensor:
     c = values.cumsum(-1)
     g = values.shape[-1]
     out = torch.empty_like(c)
-    n = max(0, g - band_bins)  # starts whose window ends inside the grid
-    if n:
-        out[:, 0] = c[:, band_bins]
-        torch.sub(c[:, band_bins + 1: band_bins + n], c[:, : n - 1], out=out[:, 1:n])
-    else:
-        out[:, 0] = c[:, g - 1]
-        n = 1
+    n = max(1, g - band_bins)  # starts 0 .. n - 1 end inside the grid (start 0 in any case, clamped)
+    out[:, 0] = c[:, min(band_bins, g - 1)]
+    torch.sub(c[:, band_bins + 1: band_bins + n], c[:, : n - 1], out=out[:, 1:n])
     torch.sub(c[:, g - 1: g], c[:, n - 1: g - 1], out=out[:, n:])
     return out
 
@@ -192,8 +188,9 @@ class BandPicker(nn.Module):
         x, counted = self.features(statistic, mean_power, freq_valid, start_valid)
         w = self.window_bins
         # With a gradient to compute, and windows (with the body's receptive field on each side) that together
-        # span at most CROP_FRACTION of the grid, the grid pass only finds the windows and the body is differentiated on the
-        # windows alone (body_on_windows); otherwise the grid pass is differentiated and gathered at the windows.
+        # span at most CROP_FRACTION of the grid, the grid pass only finds the windows and the body is
+        # differentiated on the windows alone (body_on_windows); otherwise the grid pass is differentiated and
+        # gathered at the windows.
         crops = torch.is_grad_enabled() and cfg.num_bands * (2 * w + 1 + 2 * self.receptive_half_width) <= (
             CROP_FRACTION * g)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not crops):
@@ -202,7 +199,8 @@ class BandPicker(nn.Module):
         gain = nn.functional.softplus(self.capture_gain)
         # Grid padded by the window on both sides (invalid there), so every window is in range without clamping.
         pad = lambda x, value=0.0: nn.functional.pad(x, (w, w), value=value)  # noqa: E731
-        h_padded, freqs_padded, valid_padded = pad(h_head), pad(freqs), pad(start_valid, False)
+        freqs_padded, valid_padded = pad(freqs), pad(start_valid, False)
+        h_padded = None if crops else pad(h_head)  # the windows' features, read off the grid pass
         offsets = torch.arange(2 * w + 1, device=mean_power.device)
 
         def logits_of(h_part: Tensor, log_capture: Tensor, covered: Tensor, valid: Tensor) -> Tensor:
