@@ -46,6 +46,7 @@ since its new place is not part of what is loaded."""
 
 ADDED_KEYS: tuple[tuple[str, str, Any], ...] = (
     ("HeterodyneConfig", "context_bands", 0),
+    ("HeterodyneConfig", "band_extraction", "fft"),
 )
 """(section class, key, value): keys added after configs were first saved, with the value that gives the model a
 config saved before them describes. A saved config (:func:`config_from_dict`) whose section lacks the key gets

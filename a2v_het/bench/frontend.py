@@ -4,7 +4,8 @@ For each rate, one batch of ``--batch`` clips of ``--seconds`` s of noise + tone
 frontend (default :class:`FrontendConfig`, D = 256, train mode):
 
 * every frontend of the zoo (``heterodyne``, ``conv``, ``logmel``, ``sincnet``, ``gabor_strf``, ``logmel_patch``,
-  ``aape``): ``out = fe(wave, sample_rate, lengths)``, then
+  ``aape``), and ``heterodyne_fft`` (the heterodyne with ``band_extraction: fft``, the long FFT per clip):
+  ``out = fe(wave, sample_rate, lengths)``, then
   ``(out.tokens.float().square().mean() + sum(out.aux_losses)).backward()`` (the wave does not require grad, as in
   training);
 * ``bare_logmel``: :func:`bare_log_mel` on a leaf wave with ``requires_grad=True``, then ``.sum().backward()``:
@@ -47,8 +48,20 @@ from a2v_het.frontend import FRONTEND_NAMES, build_frontend
 from a2v_het.frontend.config import FrontendConfig
 from a2v_het.frontend.logmel import bare_log_mel
 
-FRONTENDS = FRONTEND_NAMES + ("bare_logmel",)
+VARIANTS = {"heterodyne_fft": ("heterodyne", {"band_extraction": "fft"})}
+"""Bench rows that are a zoo frontend with other ``frontend.<name>`` settings: name -> (frontend, overrides)."""
+FRONTENDS = FRONTEND_NAMES + tuple(VARIANTS) + ("bare_logmel",)
 REFERENCE = "heterodyne"
+
+
+def bench_config(base: FrontendConfig, name: str) -> FrontendConfig:
+    """The FrontendConfig of bench row ``name``: a zoo frontend as it is, or a :data:`VARIANTS` entry."""
+    frontend, overrides = VARIANTS.get(name, (name, {}))
+    cfg = dataclasses.replace(base, name=frontend)
+    if overrides:
+        section = getattr(cfg, frontend)
+        cfg = dataclasses.replace(cfg, **{frontend: dataclasses.replace(section, **overrides)})
+    return cfg
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -264,7 +277,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             continue
         try:
             torch.manual_seed(seed)
-            modules[name] = build_frontend(dataclasses.replace(base_cfg, name=name)).to(device).train()
+            modules[name] = build_frontend(bench_config(base_cfg, name)).to(device).train()
         except Exception as exc:  # a frontend that cannot be built is reported, the others still run
             modules[name] = None
             build_errors[name] = f"{type(exc).__name__}: {exc}"

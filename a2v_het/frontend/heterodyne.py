@@ -3,6 +3,9 @@ removed, and the result is resampled from the clip's own rate to one fixed rate 
 rate (R = W unless the band is narrower than the band rate; wider bands arrive here as sub-bands of R Hz,
 a2v_het/frontend/band_widths.py).
 
+This is the ``band_extraction: fft`` path; the default reads the same bands from the statistics' STFT
+(:mod:`a2v_het.frontend.stft_bands`) and sends here only the clips whose rate has no exact STFT geometry.
+
 Fast path. An rfft over a clip of D seconds has bins every 1/D Hz whatever the sample rate, so mixing down by f_k,
 low-passing to the band and resampling to W Hz is one rfft per clip, a gather of the W*D bins of each band and a
 small inverse FFT of length W*D per band. This is the ideal (brick-wall) version of "multiply by exp(-i 2 pi f_k t),

@@ -1,7 +1,8 @@
 """HeterodyneFrontend: the learnable frontend that replaces the conv feature extractor.
 
 recording (B, T) at any rates -> grid spectrogram -> hypernetwork picks K detail bands of W Hz where the calls are,
-J context bands tile each clip's whole band -> heterodyne every band (wide ones as sub-bands of W Hz) -> projection
+J context bands tile each clip's whole band -> heterodyne every band (wide ones folded onto W Hz; read from the
+statistics' STFT, or from one long FFT per clip: ``band_extraction``) -> projection
 to (B, N, D) tokens at ``token_rate``, N = duration * token_rate at every input sample rate.
 The coverage losses (energy-variance, surprise) on the soft Cauchy band masks are returned as auxiliary losses,
 already weighted by ``frontend.heterodyne.energy_weight`` / ``surprise_weight`` (:meth:`HeterodyneFrontend.weighted`):
@@ -30,6 +31,7 @@ from a2v_het.frontend.heterodyne import heterodyne_bands, valid_output_samples
 from a2v_het.frontend.hypernetwork import BandPicker
 from a2v_het.frontend.projection import BandProjection
 from a2v_het.frontend.spectrum import GridPowerStats, frequency_grid, grid_power_statistics
+from a2v_het.frontend.stft_bands import stft_band_signals
 
 
 @dataclass
@@ -91,8 +93,9 @@ class HeterodyneFrontend(Frontend):
         reach = self.picker.receptive_half_width if self.picker is not None else 0
         return min(self.n_grid, top + 2 * reach + 1)
 
-    def analyze(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> BandAnalysis:
-        """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning)."""
+    def analyze(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, keep_spectra: bool = False) -> BandAnalysis:
+        """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning); ``keep_spectra``
+        keeps the statistics' complex STFT in ``stats.spectra`` (for ``band_extraction: stft``)."""
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         self._check_rates(sample_rate)
         h = self.h
@@ -100,7 +103,8 @@ class HeterodyneFrontend(Frontend):
         evidence = h.evidence_args if use_evidence else None
         with torch.no_grad():  # statistics of the input: nothing upstream of them learns
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
-                                          self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence)
+                                          self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence,
+                                          keep_spectra=keep_spectra)
         statistic = stats.evidence if use_evidence else stats.variance
         with torch.autocast(device_type=wave.device.type, enabled=False):
             if self.picker is None:
@@ -148,7 +152,8 @@ class HeterodyneFrontend(Frontend):
 
     def forward(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor) -> FrontendOutput:
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
-        a = self.analyze(wave, sample_rate, lengths)
+        from_stft = self.h.band_extraction == "stft"
+        a = self.analyze(wave, sample_rate, lengths, keep_spectra=from_stft)
         aux, stats = self.coverage_losses(a)
         durations = lengths.double() / sample_rate.double()
         n_tokens = self.num_tokens(float(durations.max()), 0)
@@ -162,17 +167,37 @@ class HeterodyneFrontend(Frontend):
         if self.h.sub_band_pooling == "fold":
             # A wide band arrives folded onto the band rate from the heterodyning itself: one inverse FFT per band.
             full = bool((a.band_width_hz == rate).all())
-            bands = heterodyne_bands(wave, sample_rate, lengths, bands_used, rate, n_out,
-                                     pass_width_hz=None if full else a.band_width_hz, **mix)
+            start, width = bands_used, None if full else a.band_width_hz
             placement = (bands_used, valid)
         else:
             sub = split_sub_bands(bands_used, a.band_width_hz, rate)
             full = bool((sub.width_hz[sub.valid] >= rate - 1e-3).all())
-            bands = heterodyne_bands(wave, sample_rate, lengths, sub.start_hz, rate, n_out,
-                                     pass_width_hz=None if full else sub.width_hz, **mix)
+            start, width = sub.start_hz, None if full else sub.width_hz
             placement = (sub.start_hz, valid, sub.band_index, sub.index_in_band)
+        if from_stft:
+            bands = self.bands_from_stft(a, wave, sample_rate, lengths, start, width, n_out, mix)
+        else:
+            bands = heterodyne_bands(wave, sample_rate, lengths, start, rate, n_out, pass_width_hz=width, **mix)
         bands = bands.to(wave.dtype) if wave.dtype != torch.float32 else bands
+        a.stats.spectra = None  # tens of MB at 500 kHz: not kept while the projection runs
         tokens = self.projection(bands, *placement)
         padding_mask = torch.arange(n_tokens, device=wave.device)[None, :] >= valid[:, None]
         return FrontendOutput(tokens, padding_mask, a.band_start_hz, self.weighted(aux), stats,
                               band_width_hz=a.band_width_hz)
+
+    def bands_from_stft(self, a: BandAnalysis, wave: Tensor, sample_rate: Tensor, lengths: Tensor, start: Tensor,
+                        width: Tensor | None, n_out: int, mix: dict) -> Tensor:
+        """``band_extraction: stft``: the band signals (B, S, 2, n_out) read from the statistics' STFT; the clips
+        of rates without an exact STFT geometry (a2v_het/frontend/stft_bands.py) through the long FFT."""
+        h = self.h
+        with torch.autocast(device_type=wave.device.type, enabled=False):
+            bands, done = stft_band_signals(a.stats.spectra, lengths, start, h.band_width_hz, h.stft_window_s,
+                                            h.stft_hop_s, n_out, mix["out_lengths"],
+                                            pass_width_hz=width, straight_through=mix["straight_through"])
+        if not bool(done.all()):
+            rest = (~done).nonzero().flatten()
+            sub_mix = dict(mix, out_lengths=mix["out_lengths"][rest])
+            bands = bands.index_copy(0, rest, heterodyne_bands(
+                wave[rest], sample_rate[rest], lengths[rest], start[rest], h.band_width_hz, n_out,
+                pass_width_hz=None if width is None else width[rest], **sub_mix))
+        return bands

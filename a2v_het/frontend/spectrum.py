@@ -94,17 +94,34 @@ def _interp_onto_grid(power: Tensor, sample_rate: int, n_fft: int, n_grid: int, 
 
 
 def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, window_s: float, hop_s: float,
-                        chunked: bool = False):
+                        chunked: bool = False, spectra: list | None = None):
     """Yield (idx, power (b, n_fft//2+1, F_r), frame_valid (b, F_r), sr, n_fft) for each distinct rate, fp32;
-    ``chunked``: for each CPU chunk of each rate's clips (:func:`a2v_het.frontend.cpu_chunks.clip_chunks`)."""
+    ``chunked``: for each CPU chunk of each rate's clips (:func:`a2v_het.frontend.cpu_chunks.clip_chunks`).
+    ``spectra``: a list to append each chunk's :class:`ClipSpectra` to (the complex STFT, kept)."""
     for sr in sample_rate.unique().tolist():
         group = (sample_rate == sr).nonzero().flatten()
         for idx in clip_chunks(group, int(lengths[group].max())) if chunked else [group]:
-            yield _stft_power(wave, idx, lengths, int(sr), window_s, hop_s)
+            yield _stft_power(wave, idx, lengths, int(sr), window_s, hop_s, spectra)
 
 
-def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: float, hop_s: float):
-    """(idx, power (b, n_fft//2+1, F), frame_valid (b, F), sr, n_fft) of the clips ``idx``, all at ``sr`` Hz."""
+@dataclass
+class ClipSpectra:
+    """The complex STFT of some clips of one rate, as the statistics computed it (periodic Hann window of ``n_fft``
+    samples, frames every ``hop`` samples from each clip's first sample, no centring)."""
+
+    idx: Tensor
+    """(b,) the clips' rows in the batch."""
+    spec: Tensor
+    """(b, F, n_fft // 2 + 1) complex64, unnormalised (torch.fft.rfft of the windowed frames)."""
+    sample_rate: int
+    n_fft: int
+    hop: int
+
+
+def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: float, hop_s: float,
+                spectra: list | None = None):
+    """(idx, power (b, n_fft//2+1, F), frame_valid (b, F), sr, n_fft) of the clips ``idx``, all at ``sr`` Hz;
+    ``spectra``: append the complex STFT to it (:class:`ClipSpectra`), and square a copy of it."""
     device = wave.device
     n_fft = max(4, int(round(window_s * sr)))
     hop = max(1, int(round(hop_s * sr)))
@@ -124,8 +141,10 @@ def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: f
     # them: every fresh multi-MB temporary costs page faults), then the two halves added. Through spec.real and
     # spec.imag in the transposed bins-by-frames order the same sums took 2.5x the instructions (callgrind, 500 kHz:
     # a sixth of the STFT), and .sum(-1) over the pairs 9x.
+    if spectra is not None:  # kept: the squares go to a buffer of their own, the same values
+        spectra.append(ClipSpectra(idx, spec, int(sr), n_fft, hop))
     pairs = torch.view_as_real(spec)
-    squares = pairs.square() if pairs.requires_grad else pairs.square_()
+    squares = pairs.square() if pairs.requires_grad or spectra is not None else pairs.square_()
     power = squares[..., 0] + squares[..., 1]
     power = power / window.sum().square() if power.requires_grad else power.div_(window.sum().square())
     power = power.transpose(1, 2)  # (b, n_fft//2 + 1, F), frames-major in memory
@@ -189,6 +208,8 @@ class GridPowerStats:
     grid_hz: float
     evidence: Tensor | None = None
     """(B, G) fp32 call evidence E(f) in nats (:mod:`a2v_het.frontend.call_evidence`), when asked for."""
+    spectra: list[ClipSpectra] | None = None
+    """The complex STFT of every clip, by rate and CPU chunk, when asked for (``keep_spectra``)."""
 
     @property
     def freqs_hz(self) -> Tensor:
@@ -205,6 +226,7 @@ def grid_power_statistics(
     grid_hz: float | None = None,
     power_exponent: float = 1.0,
     evidence: tuple[float, float, float, float] | None = None,
+    keep_spectra: bool = False,
 ) -> GridPowerStats:
     """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
 
@@ -214,6 +236,8 @@ def grid_power_statistics(
     :func:`grid_power_spectrogram`. ``power_exponent`` != 1 takes the statistics of P^exponent (compressed power).
     ``evidence = (smooth_hz, smooth_s, margin_nats, common_mode_hz)`` (:attr:`HeterodyneConfig.evidence_args`) also computes the call evidence E(f) of the
     (uncompressed) power, with the smoothing kernel rounded to odd whole bins and frames of each rate's own STFT.
+    ``keep_spectra`` keeps the complex STFT (``GridPowerStats.spectra``; the heterodyne's band signals can be read
+    from it, :mod:`a2v_het.frontend.stft_bands`).
     """
     grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
     device = wave.device
@@ -223,8 +247,9 @@ def grid_power_statistics(
         var_all = torch.zeros(b, n_grid, device=device)
         frames = torch.zeros(b, dtype=torch.long, device=device)
         evidence_all = torch.zeros(b, n_grid, device=device) if evidence is not None else None
+        spectra: list[ClipSpectra] | None = [] if keep_spectra else None
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s,
-                                                                 chunked=True):
+                                                                 chunked=True, spectra=spectra):
             columns = []
             if evidence is not None:
                 smooth_hz, smooth_s, margin, common_hz = evidence
@@ -245,4 +270,4 @@ def grid_power_statistics(
         var_all = var_all * freq_valid
         if evidence_all is not None:
             evidence_all = evidence_all * freq_valid
-    return GridPowerStats(mean_all, var_all, freq_valid, frames, grid_hz, evidence_all)
+    return GridPowerStats(mean_all, var_all, freq_valid, frames, grid_hz, evidence_all, spectra)
