@@ -20,7 +20,7 @@ W, WINDOW_S, HOP_S = 2000.0, 0.02, 0.01
 def stft_bands(wave, rates, lengths, start_hz, n_out, pass_width_hz=None, out_lengths=None):
     stats = grid_power_statistics(wave, rates, lengths, WINDOW_S, HOP_S, 1000, keep_spectra=True)
     out_lengths = torch.full((wave.shape[0],), n_out) if out_lengths is None else out_lengths
-    return stft_band_signals(stats.spectra, lengths, start_hz, W, WINDOW_S, HOP_S, n_out, out_lengths,
+    return stft_band_signals(stats.spectra, start_hz, W, WINDOW_S, HOP_S, n_out, out_lengths,
                              pass_width_hz=pass_width_hz)
 
 
@@ -160,7 +160,7 @@ def test_straight_through_gradient_is_the_rotation_derivative():
     rates, lengths = torch.tensor([rate]), torch.tensor([n])
     stats = grid_power_statistics(wave, rates, lengths, WINDOW_S, HOP_S, 481, keep_spectra=True)
     start = torch.tensor([[3012.5, 9000.0]], requires_grad=True)
-    out, _ = stft_band_signals(stats.spectra, lengths, start, W, WINDOW_S, HOP_S, 2000, torch.tensor([2000]),
+    out, _ = stft_band_signals(stats.spectra, start, W, WINDOW_S, HOP_S, 2000, torch.tensor([2000]),
                                straight_through=True)
     weights = torch.randn(out.shape, generator=g)
     (out * weights).sum().backward()

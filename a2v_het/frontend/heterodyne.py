@@ -110,36 +110,46 @@ def band_bins(spec: Tensor, start: Tensor, m: int, kept: Tensor | None = None) -
     short = ~wide & (kept < m)
     if bool(short.any()):
         bins = bins.masked_fill(short[..., None] & (offsets >= kept[..., None]), 0)
-    if bool(wide.any()):
-        clip, band = wide.nonzero(as_tuple=True)
-        keys = torch.stack([start[clip, band], kept[clip, band]], 1).tolist()
-        by_key: dict[tuple[int, int], list[int]] = {}
-        for i, key in enumerate(keys):
-            by_key.setdefault(tuple(key), []).append(i)
-        for (s, n_kept), entries in by_key.items():
-            e = torch.tensor(entries, device=device)
-            c = clip[e]
-            every_clip = len(entries) == b and bool((c == torch.arange(b, device=device)).all())
-            bins[c, band[e]] = fold_bins(spec if every_clip else spec[c], s, n_kept, m)
+    for c, k_idx, s, n_kept, every_clip in wide_band_groups(start, kept, m):
+        bins[c, k_idx] = fold_bins(spec if every_clip else spec[c], s, n_kept, m)
     return bins
 
 
+def wide_band_groups(start: Tensor, kept: Tensor, m: int):
+    """The bands wider than m bins, grouped by (first bin, bins kept), so that each group is folded in one sum.
+
+    start, kept: (b, K) long. Yields (clips (n,), bands (n,), first bin, bins kept, every_clip): ``every_clip``
+    when the group holds one band of each of the b clips, in order (the context bands of one rate), so the
+    whole spectrum can be folded without selecting its rows.
+    """
+    b, device = start.shape[0], start.device
+    clip, band = (kept > m).nonzero(as_tuple=True)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, key in enumerate(zip(start[clip, band].tolist(), kept[clip, band].tolist())):
+        groups.setdefault(key, []).append(i)
+    for (s, n_kept), entries in groups.items():
+        e = torch.tensor(entries, device=device)
+        c = clip[e]
+        every_clip = len(entries) == b and bool((c == torch.arange(b, device=device)).all())
+        yield c, band[e], s, n_kept, every_clip
+
+
 def fold_bins(spec: Tensor, start: int, n_kept: int, m: int) -> Tensor:
-    """(P, n_bins) complex -> (P, m): sum over bins start .. start + n_kept - 1 (those inside the spectrum) of bin
-    start + j onto output bin j mod m, from views of the spectrum (no copy of the stretch)."""
-    n_bins = spec.shape[1]
+    """(..., n_bins) complex -> (..., m): sum over bins start .. start + n_kept - 1 (those inside the spectrum) of
+    bin start + j onto output bin j mod m, from views of the spectrum (no copy of the stretch)."""
+    n_bins, lead = spec.shape[-1], spec.shape[:-1]
     lo, hi = max(start, 0), min(start + n_kept, n_bins)
-    out = spec.new_zeros(spec.shape[0], m)
+    out = spec.new_zeros(*lead, m)
     j = lo - start  # output bin of spectrum bin lo, before the mod
     while lo < hi:  # at most one partial window at each end; the whole windows in one strided sum
         head = j % m
         if head == 0 and hi - lo >= m:
             whole = (hi - lo) // m
-            out += spec[:, lo: lo + whole * m].reshape(spec.shape[0], whole, m).sum(1)
+            out += spec[..., lo: lo + whole * m].reshape(*lead, whole, m).sum(-2)
             lo, j = lo + whole * m, j + whole * m
         else:
             n = min(m - head, hi - lo)
-            out[:, head: head + n] += spec[:, lo: lo + n]
+            out[..., head: head + n] += spec[..., lo: lo + n]
             lo, j = lo + n, j + n
     return out
 

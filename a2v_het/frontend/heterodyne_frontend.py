@@ -191,7 +191,7 @@ class HeterodyneFrontend(Frontend):
         of rates without an exact STFT geometry (a2v_het/frontend/stft_bands.py) through the long FFT."""
         h = self.h
         with torch.autocast(device_type=wave.device.type, enabled=False):
-            bands, done = stft_band_signals(a.stats.spectra, lengths, start, h.band_width_hz, h.stft_window_s,
+            bands, done = stft_band_signals(a.stats.spectra, start, h.band_width_hz, h.stft_window_s,
                                             h.stft_hop_s, n_out, mix["out_lengths"],
                                             pass_width_hz=width, straight_through=mix["straight_through"])
         if not bool(done.all()):

@@ -113,6 +113,8 @@ class ClipSpectra:
     """(b,) the clips' rows in the batch."""
     spec: Tensor
     """(b, F, n_fft // 2 + 1) complex64, unnormalised (torch.fft.rfft of the windowed frames)."""
+    frame_valid: Tensor
+    """(b, F) bool: the frame lies wholly inside its clip."""
     sample_rate: int
     n_fft: int
     hop: int
@@ -141,15 +143,16 @@ def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: f
     # them: every fresh multi-MB temporary costs page faults), then the two halves added. Through spec.real and
     # spec.imag in the transposed bins-by-frames order the same sums took 2.5x the instructions (callgrind, 500 kHz:
     # a sixth of the STFT), and .sum(-1) over the pairs 9x.
-    if spectra is not None:  # kept: the squares go to a buffer of their own, the same values
-        spectra.append(ClipSpectra(idx, spec, int(sr), n_fft, hop))
     pairs = torch.view_as_real(spec)
+    # A kept spectrum (``spectra``) is squared into a buffer of its own: the same values.
     squares = pairs.square() if pairs.requires_grad or spectra is not None else pairs.square_()
     power = squares[..., 0] + squares[..., 1]
     power = power / window.sum().square() if power.requires_grad else power.div_(window.sum().square())
     power = power.transpose(1, 2)  # (b, n_fft//2 + 1, F), frames-major in memory
     starts = torch.arange(power.shape[2], device=device) * hop
     frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
+    if spectra is not None:
+        spectra.append(ClipSpectra(idx, spec, frame_valid, int(sr), n_fft, hop))
     return idx, power, frame_valid, int(sr), n_fft
 
 

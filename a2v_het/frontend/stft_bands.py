@@ -34,7 +34,7 @@ import math
 import torch
 from torch import Tensor
 
-from a2v_het.frontend.heterodyne import fold_bins
+from a2v_het.frontend.heterodyne import fold_bins, wide_band_groups
 from a2v_het.frontend.spectrum import ClipSpectra
 
 
@@ -63,8 +63,6 @@ def frames_band_signals(spec: Tensor, start_bin: Tensor, m: int, kept: Tensor | 
     b, n_frames, n_bins = spec.shape
     k = start_bin.shape[1]
     half = m // 2
-    rows = spec.reshape(b * n_frames, n_bins)
-    wide = None if kept is None else kept > m  # (b, K)
     # Every frame of a clip reads the same bins: one gather along the bins with the (b, 1, K m) index expanded over
     # the frames (a view), no (b F, K, m) index. Bins past the spectrum, and past a narrow band's kept width, read 0.
     pos = start_bin[..., None] + torch.arange(m, device=spec.device)  # (b, K, m)
@@ -75,19 +73,9 @@ def frames_band_signals(spec: Tensor, start_bin: Tensor, m: int, kept: Tensor | 
     bins = torch.gather(spec, 2, index).view(b, n_frames, k, m)
     if not bool(inside.all()):
         bins = bins.masked_fill_(~inside[:, None], 0)
-    if wide is not None and bool(wide.any()):
-        # Folded per (clip, band), all of a clip's frames at once: the bands of one start and width (the context
-        # bands of a rate) in one sum over all their clips' frames.
-        clip, band = wide.nonzero(as_tuple=True)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, key in enumerate(zip(start_bin[clip, band].tolist(), kept[clip, band].tolist())):
-            groups.setdefault(key, []).append(i)
-        for (s, n_kept), entries in groups.items():
-            e = torch.tensor(entries, device=spec.device)
-            c = clip[e]
-            every_clip = len(entries) == b and bool((c == torch.arange(b, device=spec.device)).all())
-            part = rows if every_clip else spec[c].reshape(len(entries) * n_frames, n_bins)
-            bins[c, :, band[e]] = fold_bins(part, s, n_kept, m).view(len(entries), n_frames, m)
+    if kept is not None:  # wide bands folded as the long FFT's are, all of a clip's frames in one sum
+        for c, k_idx, s, n_kept, every_clip in wide_band_groups(start_bin, kept, m):
+            bins[c, :, k_idx] = fold_bins(spec if every_clip else spec[c], s, n_kept, m)
     t = torch.arange(n_frames, device=spec.device)
     sign = 1.0 - 2.0 * ((start_bin[:, None, :] * t[None, :, None]) % 2).float()  # (b, F, K): (-1)^(s t)
     if frame_valid is not None and not bool(frame_valid.all()):
@@ -117,14 +105,13 @@ def rotation(freq_hz: Tensor, n: int, rate_hz: float) -> Tensor:
     return torch.complex(torch.cos(phase), torch.sin(phase))
 
 
-def stft_band_signals(spectra: list[ClipSpectra], lengths: Tensor, band_start_hz: Tensor, band_rate_hz: float,
+def stft_band_signals(spectra: list[ClipSpectra], band_start_hz: Tensor, band_rate_hz: float,
                       window_s: float, hop_s: float, n_out: int, out_lengths: Tensor,
                       pass_width_hz: Tensor | None = None, straight_through: bool = False) -> tuple[Tensor, Tensor]:
     """The heterodyning's output (:func:`a2v_het.frontend.heterodyne.heterodyne_bands`, quadrature) from kept STFTs.
 
     Args:
         spectra: the statistics' complex STFTs (``GridPowerStats.spectra``).
-        lengths: (B,) samples per clip.
         band_start_hz: (B, K) Hz: mixed down by the nearest STFT bin, then rotated by the rest.
         band_rate_hz: W, the band rate; W x window_s must be an even whole number of bins.
         window_s, hop_s: the STFT's window and hop (seconds).
@@ -145,14 +132,12 @@ def stft_band_signals(spectra: list[ClipSpectra], lengths: Tensor, band_start_hz
     out_lengths = out_lengths.long().clamp(0, n_out)
     for part in spectra:
         idx = part.idx
-        if not exact_geometry(part.sample_rate, window_s, hop_s) or bool((lengths[idx] < part.n_fft).any()):
-            continue
+        if not exact_geometry(part.sample_rate, window_s, hop_s) or not bool(part.frame_valid[:, 0].all()):
+            continue  # a clip shorter than one window has no frame
         bin_hz = part.sample_rate / part.n_fft
         start = torch.round(band_start_hz[idx].detach().double() / bin_hz).long()
         kept = None if pass_width_hz is None else torch.round(pass_width_hz[idx].double() / bin_hz).long()
-        frame_valid = (torch.arange(part.spec.shape[1], device=device)[None, :] * part.hop + part.n_fft
-                       <= lengths[idx][:, None])  # (b, F)
-        z = frames_band_signals(part.spec, start, m, kept, n_out, frame_valid).mul_(2.0 * m / part.n_fft)
+        z = frames_band_signals(part.spec, start, m, kept, n_out, part.frame_valid).mul_(2.0 * m / part.n_fft)
         # The rest of the mixing, from the bin to the band's own start (under half a bin): a rotation at the band
         # rate, which shifts the band's content by the same few Hz. In float64 first: the starts are up to 2.5e5 Hz.
         rest_hz = (band_start_hz[idx].detach().double() - start.double() * bin_hz).float()  # (b, K)
