@@ -77,6 +77,11 @@ def local_mean(x: Tensor, half: int, dim: int = -2) -> Tensor:
     if half <= 0:
         return x
     axis = dim % x.dim()
+    if axis != x.dim() - 1 and x.stride(axis) == 1:
+        # Contiguous along ``dim`` in memory (the evidence's transposed levels): run along the last dim of the
+        # view that matches the memory, the same sums in 0.5-0.6x the time (cumsum along a transposed view walks it
+        # as strided rows; 4 x 1921-5001 bins x 150 frames, 2 threads).
+        return local_mean(x.transpose(axis, -1), half, -1).transpose(axis, -1)
     n = x.shape[axis]
     c = torch.cumsum(x, dim=axis)
     out = torch.empty_like(x)

@@ -22,6 +22,7 @@ from a2v_het.frontend.band_selectors import uniform_starts
 from a2v_het.frontend.band_widths import clip_band_width, split_sub_bands
 from a2v_het.frontend.base import Frontend, FrontendOutput, check_inputs
 from a2v_het.frontend.config import FrontendConfig
+from a2v_het.frontend.cpu_chunks import CpuWorkspace
 from a2v_het.frontend.coverage_losses import (
     captured_fractions,
     energy_variance_loss,
@@ -69,6 +70,9 @@ class HeterodyneFrontend(Frontend):
         # band_picker: uniform builds no hypernetwork, so no parameter waits for a gradient that never comes.
         self.picker = BandPicker(h, self.grid_hz) if h.band_picker == "learned" else None
         self.samples_per_token = int(round(h.band_width_hz / cfg.token_rate))
+        # The statistics' STFT buffers on CPU, kept from step to step (a2v_het/frontend/cpu_chunks.py): about 15 MB
+        # per 3 s of 500 kHz audio in the batch. Scratch, not state: no state_dict entry, a deep copy starts empty.
+        self.workspace = CpuWorkspace()
         self.projection = BandProjection(h.total_bands, h.band_width_hz, cfg.token_rate, h.conv_channels, cfg.dim,
                                          h.band_embedding_dim, h.max_sample_rate / 2, h.sub_band_pooling)
 
@@ -95,7 +99,8 @@ class HeterodyneFrontend(Frontend):
 
     def analyze(self, wave: Tensor, sample_rate: Tensor, lengths: Tensor, keep_spectra: bool = False) -> BandAnalysis:
         """Spectrogram, temporal variance, picked bands and their soft mask (no heterodyning); ``keep_spectra``
-        keeps the statistics' complex STFT in ``stats.spectra`` (for ``band_extraction: stft``)."""
+        keeps the statistics' complex STFT in ``stats.spectra`` (for ``band_extraction: stft``), in the frontend's
+        CPU workspace: valid until its next call."""
         sample_rate, lengths = check_inputs(wave, sample_rate, lengths)
         self._check_rates(sample_rate)
         h = self.h
@@ -104,7 +109,7 @@ class HeterodyneFrontend(Frontend):
         with torch.no_grad():  # statistics of the input: nothing upstream of them learns
             stats = grid_power_statistics(wave.detach(), sample_rate, lengths, h.stft_window_s, h.stft_hop_s,
                                           self.analysis_bins(sample_rate), self.grid_hz, h.power_exponent, evidence,
-                                          keep_spectra=keep_spectra)
+                                          keep_spectra=keep_spectra, workspace=self.workspace)
         statistic = stats.evidence if use_evidence else stats.variance
         with torch.autocast(device_type=wave.device.type, enabled=False):
             if self.picker is None:

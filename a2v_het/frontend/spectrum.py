@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from a2v_het.frontend.call_evidence import call_evidence, odd_cells
-from a2v_het.frontend.cpu_chunks import clip_chunks, consecutive_run
+from a2v_het.frontend.cpu_chunks import CpuWorkspace, clip_chunks, consecutive_run
 
 
 @dataclass
@@ -94,14 +94,15 @@ def _interp_onto_grid(power: Tensor, sample_rate: int, n_fft: int, n_grid: int, 
 
 
 def _stft_power_by_rate(wave: Tensor, sample_rate: Tensor, lengths: Tensor, window_s: float, hop_s: float,
-                        chunked: bool = False, spectra: list | None = None):
+                        chunked: bool = False, spectra: list | None = None, workspace: CpuWorkspace | None = None):
     """Yield (idx, power (b, n_fft//2+1, F_r), frame_valid (b, F_r), sr, n_fft) for each distinct rate, fp32;
     ``chunked``: for each CPU chunk of each rate's clips (:func:`a2v_het.frontend.cpu_chunks.clip_chunks`).
-    ``spectra``: a list to append each chunk's :class:`ClipSpectra` to (the complex STFT, kept)."""
+    ``spectra``: a list to append each chunk's :class:`ClipSpectra` to (the complex STFT, kept). ``workspace``
+    (CPU): the arrays are views of its buffers, each power valid until the next one is yielded."""
     for sr in sample_rate.unique().tolist():
         group = (sample_rate == sr).nonzero().flatten()
         for idx in clip_chunks(group, int(lengths[group].max())) if chunked else [group]:
-            yield _stft_power(wave, idx, lengths, int(sr), window_s, hop_s, spectra)
+            yield _stft_power(wave, idx, lengths, int(sr), window_s, hop_s, spectra, workspace)
 
 
 @dataclass
@@ -121,9 +122,10 @@ class ClipSpectra:
 
 
 def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: float, hop_s: float,
-                spectra: list | None = None):
+                spectra: list | None = None, workspace: CpuWorkspace | None = None):
     """(idx, power (b, n_fft//2+1, F), frame_valid (b, F), sr, n_fft) of the clips ``idx``, all at ``sr`` Hz;
-    ``spectra``: append the complex STFT to it (:class:`ClipSpectra`), and square a copy of it."""
+    ``spectra``: append the complex STFT to it (:class:`ClipSpectra`), and square a copy of it. ``workspace``: the
+    windowed frames, the STFT and the power are written into its buffers (the n-th kept STFT into its own)."""
     device = wave.device
     n_fft = max(4, int(round(window_s * sr)))
     hop = max(1, int(round(hop_s * sr)))
@@ -138,16 +140,27 @@ def _stft_power(wave: Tensor, idx: Tensor, lengths: Tensor, sr: int, window_s: f
     window = torch.hann_window(n_fft, periodic=True, device=device, dtype=torch.float32)
     # Frames as a strided view times the window, then one batched rfft: the same transform as torch.stft(center=
     # False), 1.5x faster on CPU at 500 kHz (measured), where torch.stft's framing dominates.
-    spec = torch.fft.rfft(x.unfold(-1, n_fft, hop) * window, dim=-1)  # (b, F, n_fft//2 + 1)
-    # |X|^2: the (real, imaginary) pairs squared where they lie, contiguous (in place where nothing differentiates
-    # them: every fresh multi-MB temporary costs page faults), then the two halves added. Through spec.real and
-    # spec.imag in the transposed bins-by-frames order the same sums took 2.5x the instructions (callgrind, 500 kHz:
-    # a sixth of the STFT), and .sum(-1) over the pairs 9x.
-    pairs = torch.view_as_real(spec)
-    # A kept spectrum (``spectra``) is squared into a buffer of its own: the same values.
-    squares = pairs.square() if pairs.requires_grad or spectra is not None else pairs.square_()
-    power = squares[..., 0] + squares[..., 1]
-    power = power / window.sum().square() if power.requires_grad else power.div_(window.sum().square())
+    frames = x.unfold(-1, n_fft, hop)
+    if workspace is not None:
+        spec_shape = frames.shape[:2] + (n_fft // 2 + 1,)
+        windowed = torch.mul(frames, window, out=workspace.take("stft_frames", frames.shape, torch.float32))
+        spec = torch.fft.rfft(windowed, dim=-1, out=workspace.take(
+            f"stft_spectrum_{len(spectra) if spectra is not None else 0}", spec_shape, torch.complex64))
+        # |X|^2 = re re + im im, read from the interleaved pairs in the frames' order, into the power's buffer.
+        re, im = torch.view_as_real(spec).unbind(-1)
+        power = torch.mul(re, re, out=workspace.take("stft_power", spec_shape, torch.float32)).addcmul_(im, im)
+        power.div_(window.sum().square())
+    else:
+        spec = torch.fft.rfft(frames * window, dim=-1)  # (b, F, n_fft//2 + 1)
+        # |X|^2: the (real, imaginary) pairs squared where they lie, contiguous (in place where nothing
+        # differentiates them: every fresh multi-MB temporary costs page faults), then the two halves added. Through
+        # spec.real and spec.imag in the transposed bins-by-frames order the same sums took 2.5x the instructions
+        # (callgrind, 500 kHz: a sixth of the STFT), and .sum(-1) over the pairs 9x.
+        pairs = torch.view_as_real(spec)
+        # A kept spectrum (``spectra``) is squared into a buffer of its own: the same values.
+        squares = pairs.square() if pairs.requires_grad or spectra is not None else pairs.square_()
+        power = squares[..., 0] + squares[..., 1]
+        power = power / window.sum().square() if power.requires_grad else power.div_(window.sum().square())
     power = power.transpose(1, 2)  # (b, n_fft//2 + 1, F), frames-major in memory
     starts = torch.arange(power.shape[2], device=device) * hop
     frame_valid = (starts[None, :] + n_fft) <= lens[:, None]
@@ -230,6 +243,7 @@ def grid_power_statistics(
     power_exponent: float = 1.0,
     evidence: tuple[float, float, float, float] | None = None,
     keep_spectra: bool = False,
+    workspace: CpuWorkspace | None = None,
 ) -> GridPowerStats:
     """Mean and temporal variance of the STFT power per grid bin, without building the (B, G, F) tensor.
 
@@ -240,7 +254,9 @@ def grid_power_statistics(
     ``evidence = (smooth_hz, smooth_s, margin_nats, common_mode_hz)`` (:attr:`HeterodyneConfig.evidence_args`) also computes the call evidence E(f) of the
     (uncompressed) power, with the smoothing kernel rounded to odd whole bins and frames of each rate's own STFT.
     ``keep_spectra`` keeps the complex STFT (``GridPowerStats.spectra``; the heterodyne's band signals can be read
-    from it, :mod:`a2v_het.frontend.stft_bands`).
+    from it, :mod:`a2v_het.frontend.stft_bands`). ``workspace`` (CPU, where it is used): the STFT's largest
+    arrays live in its buffers (:class:`a2v_het.frontend.cpu_chunks.CpuWorkspace`), so the kept spectra are valid
+    until the next call with the same workspace.
     """
     grid_hz = 1.0 / window_s if grid_hz is None else grid_hz
     device = wave.device
@@ -251,8 +267,9 @@ def grid_power_statistics(
         frames = torch.zeros(b, dtype=torch.long, device=device)
         evidence_all = torch.zeros(b, n_grid, device=device) if evidence is not None else None
         spectra: list[ClipSpectra] | None = [] if keep_spectra else None
+        workspace = workspace if device.type == "cpu" else None
         for idx, power, fvalid, sr, n_fft in _stft_power_by_rate(wave, sample_rate, lengths, window_s, hop_s,
-                                                                 chunked=True, spectra=spectra):
+                                                                 chunked=True, spectra=spectra, workspace=workspace):
             columns = []
             if evidence is not None:
                 smooth_hz, smooth_s, margin, common_hz = evidence
