@@ -24,8 +24,9 @@ measured 10-40 % slower this way than back to back; BENCHMARKS.md reports both).
   allocation and free made during the step, in time order, summed cumulatively. This counts exactly the tensors of
   the step, like the CUDA number; it excludes scratch that libraries allocate outside torch's allocator (FFT/BLAS
   workspaces), and adds the buffers a frontend keeps from step to step (the heterodyne's CPU workspace,
-  :func:`workspace_bytes`), which a warm step uses without allocating. ``ru_maxrss`` was rejected: it is a process-wide high-water mark that never goes down, so every
-  frontend measured after the hungriest one would read 0, and the allocator's page reuse blurs it further.
+  :func:`workspace_bytes`), which a warm step uses without allocating. ``ru_maxrss`` was rejected: it is a
+  process-wide high-water mark that never goes down, so every frontend measured after the hungriest one would read
+  0, and the allocator's page reuse blurs it further.
 """
 
 from __future__ import annotations
@@ -203,11 +204,15 @@ def peak_cpu_bytes_from_profiler(step: Callable[[], Any]) -> int | None:
     return int(peak)
 
 
+def _workspace(module: Any) -> Any:
+    """A frontend's CPU workspace (:class:`a2v_het.frontend.cpu_chunks.CpuWorkspace`), or None."""
+    return getattr(module, "workspace", None)
+
+
 def workspace_bytes(module: Any) -> int:
-    """Bytes of a frontend's CPU workspace (:class:`a2v_het.frontend.cpu_chunks.CpuWorkspace`, 0 without one): its
-    buffers live from step to step, so the profiler sees no allocation of them in a warm step, but the step uses
-    them all."""
-    workspace = getattr(module, "workspace", None)
+    """Bytes of a frontend's CPU workspace (0 without one): its buffers live from step to step, so the profiler sees
+    no allocation of them in a warm step, but the step uses them all."""
+    workspace = _workspace(module)
     return int(workspace.nbytes) if workspace is not None else 0
 
 
@@ -298,8 +303,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         lengths = torch.full((batch,), wave.shape[1], dtype=torch.long, device=device)
         rate_rows = []
         for module in modules.values():  # each rate's workspace its own (it keeps the largest batch it has seen)
-            if getattr(module, "workspace", None) is not None:
-                module.workspace.release()
+            workspace = _workspace(module)
+            if workspace is not None:
+                workspace.release()
         steps: dict[str, Callable[[], None]] = {}
         tokens: dict[str, list[int]] = {}
         for name in names:
